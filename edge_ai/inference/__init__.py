@@ -1,0 +1,1 @@
+"""Model packages and the engines that run them."""
