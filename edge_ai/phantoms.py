@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, UID
+from pydicom.uid import UID, CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 from pydicom.uid import generate_uid as _generate_uid
 
 __all__ = [
@@ -177,9 +177,7 @@ def chest_xray(
     return np.clip(np.rint(img), 0, _DX_MAX).astype(np.uint16), truth
 
 
-def _place_round(
-    rng: np.random.Generator, mask: np.ndarray, size: int, rmin: float, rmax: float
-) -> Lesion:
+def _place_round(rng: np.random.Generator, mask: np.ndarray, size: int, rmin: float, rmax: float) -> Lesion:
     """A disc of radius rmin..rmax (fraction of width) whose whole rim lies inside `mask`."""
     rows, cols = np.nonzero(mask)
     angles = np.linspace(0.0, 2 * np.pi, 24, endpoint=False)
@@ -285,14 +283,18 @@ def _ct_lesion(rng: np.random.Generator, hu: np.ndarray, tissue: np.ndarray, siz
         cy, cx = rows[i] + 0.5, cols[i] + 0.5
         px = np.clip((cx + 1.15 * radius * np.cos(angles)).astype(int), 0, size - 1)
         py = np.clip((cy + 1.15 * radius * np.sin(angles)).astype(int), 0, size - 1)
-        if not all(tissue[k][py, px].all() and tissue[k][int(cy), int(cx)] for k in range(kc - half, kc + half + 1)):
+        if not all(
+            tissue[k][py, px].all() and tissue[k][int(cy), int(cx)] for k in range(kc - half, kc + half + 1)
+        ):
             continue
         delta = float(rng.uniform(60.0, 120.0))
         for k in range(kc - half, kc + half + 1):
             r_k = radius * np.sqrt(1.0 - ((k - kc) / (half + 1)) ** 2)
             d = np.hypot(xx - cx, yy - cy)
             hu[k] += delta * np.clip(r_k + 0.5 - d, 0.0, 1.0)  # disc with a 1-pixel soft edge
-        return Lesion(col=float(cx), row=float(cy), radius=radius, first_slice=kc - half, last_slice=kc + half)
+        return Lesion(
+            col=float(cx), row=float(cy), radius=radius, first_slice=kc - half, last_slice=kc + half
+        )
     raise RuntimeError("could not place a CT lesion")  # pragma: no cover
 
 
