@@ -1,0 +1,247 @@
+"""DICOM pixels -> model input tensor. Pure functions: no file or network I/O.
+
+The pipeline (`preprocess`) is the one the demo models were trained with, so serving and
+training see identical tensors:
+
+1. `decode`: stored values of one frame (pydicom; pylibjpeg plugins for compressed syntaxes).
+2. `modality_lut`: Rescale Slope/Intercept or a Modality LUT (CT -> HU).
+3. `window`: VOI window to 0..1 (dataset Window Center/Width, a fixed window, or percentiles),
+   linear, clipped.
+4. MONOCHROME1 inverted (1 - x), so bright always means dense.
+5. `resize`: bilinear to the model's rows x columns (aspect not kept, so box coordinates in 0..1
+   map 1:1 onto the source frame), antialiased when shrinking (triangle filter widened by the
+   scale factor, as PIL/torch `antialias=True` do).
+6. (x - mean) / std, float32 [1, H, W].
+
+Multi-frame images: `preprocess` uses ONE frame (`frame`, default the first);
+`preprocess_frames` returns every frame as [F, 1, H, W].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from edge_ai.errors import ImagingError
+from edge_ai.inference.package import Preprocessing, Window
+
+__all__ = [
+    "MAX_PIXELS",
+    "decode",
+    "frame_count",
+    "modality_lut",
+    "preprocess",
+    "preprocess_frames",
+    "resize",
+    "stack",
+    "window",
+]
+
+MAX_PIXELS = 256 * 1024 * 1024  # rows * columns * frames above this is refused before decoding
+
+
+def frame_count(ds: Dataset) -> int:
+    """Number of frames (1 when Number of Frames is absent or empty)."""
+    try:
+        return max(1, int(ds.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError) as exc:
+        raise ImagingError(f"invalid Number of Frames: {ds.get('NumberOfFrames')!r}") from exc
+
+
+def _check_geometry(ds: Dataset, max_pixels: int) -> None:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ImagingError("dataset has no pixel data")
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if samples != 1:
+        raise ImagingError(
+            f"multi-sample (colour) images are not supported: Samples per Pixel {samples}, "
+            f"Photometric Interpretation {ds.get('PhotometricInterpretation', '?')}"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ImagingError(f"Photometric Interpretation {photometric} is not supported")
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows < 1 or cols < 1:
+        raise ImagingError(f"invalid image size {rows} x {cols}")
+    if rows * cols * frame_count(ds) > max_pixels:
+        raise ImagingError(
+            f"image too large: {rows} x {cols} x {frame_count(ds)} frames exceeds {max_pixels}"
+        )
+
+
+def decode(ds: Dataset, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Stored pixel values: [rows, columns] for one frame, [frames, rows, columns] for several.
+
+    Raises:
+        ImagingError: no/corrupt/truncated pixel data, an unsupported transfer syntax (no decoder),
+            colour data, or more than `max_pixels` pixels.
+    """
+    _check_geometry(ds, max_pixels)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for bad data; all mean "cannot decode"
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
+        raise ImagingError(f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc
+    arr = np.asarray(arr)
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ImagingError(f"unexpected decoded pixel array shape {arr.shape}")
+    return arr
+
+
+def _frame_item(ds: Dataset, sequence: str, frame: int, keyword: str) -> Any:
+    """Look `keyword` up in the Enhanced (multi-frame) functional groups for `frame`."""
+    for group_seq, index in (
+        ("PerFrameFunctionalGroupsSequence", frame),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
+        groups = ds.get(group_seq)
+        if groups and len(groups) > index:
+            inner = groups[index].get(sequence)
+            if inner and keyword in inner[0]:
+                return inner[0]
+    return None
+
+
+def modality_lut(arr: np.ndarray, ds: Dataset, *, frame: int = 0) -> np.ndarray:
+    """Stored values -> modality values (HU for CT) as float32, for one frame's array."""
+    try:
+        if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
+            out = apply_modality_lut(arr, ds)
+        else:
+            item = _frame_item(ds, "PixelValueTransformationSequence", frame, "RescaleSlope")
+            out = arr if item is None else apply_modality_lut(arr, item)
+    except Exception as exc:  # malformed LUT / rescale values
+        raise ImagingError(f"cannot apply modality LUT: {exc}") from exc
+    return np.asarray(out, dtype=np.float32)
+
+
+def _first(value: Any) -> float:
+    if value is None or value == "":
+        raise ValueError("empty")
+    if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
+        return float(value)
+    return float(value[0])
+
+
+def _dataset_window(ds: Dataset, frame: int) -> tuple[float, float] | None:
+    source: Any = ds
+    if "WindowCenter" not in ds:
+        source = _frame_item(ds, "FrameVOILUTSequence", frame, "WindowCenter")
+        if source is None:
+            return None
+    try:
+        centre, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
+    except (TypeError, ValueError):
+        return None
+    return (centre, width) if width > 0 else None
+
+
+def window(values: np.ndarray, spec: Window, ds: Dataset | None = None, *, frame: int = 0) -> np.ndarray:
+    """Modality values -> 0..1 through a linear window; values outside it are clipped.
+
+    `dataset` uses the instance's first Window Center/Width and falls back to `percentile`
+    when it has none; `fixed` uses spec.center/width; `percentile` maps the given
+    percentiles of the image to 0 and 1.
+    """
+    centre_width: tuple[float, float] | None = None
+    if spec.source == "fixed":
+        if spec.center is None or spec.width is None or spec.width <= 0:
+            raise ValueError("a fixed window needs center and a positive width")
+        centre_width = (spec.center, spec.width)
+    elif spec.source == "dataset" and ds is not None:
+        centre_width = _dataset_window(ds, frame)
+    if centre_width is None:
+        lo, hi = (float(v) for v in np.percentile(values, spec.percentiles))
+        if hi <= lo:
+            hi = lo + 1.0
+    else:
+        lo = centre_width[0] - centre_width[1] / 2.0
+        hi = lo + centre_width[1]
+    out = (values.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of (antialiased) bilinear interpolation with pixel-centre alignment."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    src = np.arange(n_in, dtype=np.float64)
+    w = np.clip(1.0 - np.abs(src[None, :] - centres[:, None]) / support, 0.0, None)
+    if scale < 1.0:  # upsampling: clamp at the borders like ordinary bilinear
+        edge = np.clip(centres, 0, n_in - 1)
+        w = np.clip(1.0 - np.abs(src[None, :] - edge[:, None]), 0.0, None)
+    w /= w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
+
+
+def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D image to (rows, columns); antialiased when shrinking."""
+    if image.ndim != 2:
+        raise ValueError(f"resize takes a 2-D image, got shape {image.shape}")
+    rows, cols = int(shape[0]), int(shape[1])
+    if rows < 1 or cols < 1:
+        raise ValueError(f"invalid target shape {shape}")
+    img = image.astype(np.float32, copy=False)
+    if img.shape != (rows, cols):
+        img = _resize_matrix(img.shape[0], rows) @ img @ _resize_matrix(img.shape[1], cols).T
+    return np.ascontiguousarray(img, dtype=np.float32)
+
+
+def _one_frame(ds: Dataset, stored: np.ndarray, spec: Preprocessing, frame: int) -> np.ndarray:
+    values = modality_lut(stored, ds, frame=frame)
+    x = window(values, spec.window, ds, frame=frame)
+    if spec.invert_monochrome1 and str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        x = 1.0 - x
+    x = resize(x, (spec.resize[0], spec.resize[1]))
+    if spec.std <= 0:
+        raise ValueError("preprocessing.std must be positive")
+    return ((x - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32)[None]
+
+
+def preprocess(
+    ds: Dataset, spec: Preprocessing, *, frame: int = 0, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """One frame of `ds` as the model's input: float32 [1, H, W] (H, W = spec.resize).
+
+    Multi-frame images: only `frame` (0-based, default the first) is used; see
+    `preprocess_frames` for all of them.
+
+    Raises:
+        ImagingError: the pixel data cannot be decoded or is not a greyscale image.
+    """
+    stored = decode(ds, max_pixels=max_pixels)
+    if stored.ndim == 3:
+        if not 0 <= frame < stored.shape[0]:
+            raise ImagingError(f"frame {frame} out of range (image has {stored.shape[0]} frames)")
+        stored = stored[frame]
+    elif frame != 0:
+        raise ImagingError(f"frame {frame} out of range (single-frame image)")
+    return _one_frame(ds, stored, spec, frame)
+
+
+def preprocess_frames(ds: Dataset, spec: Preprocessing, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Every frame of `ds` as model input: float32 [F, 1, H, W] (F = 1 for a single-frame image)."""
+    stored = decode(ds, max_pixels=max_pixels)
+    frames = stored[None] if stored.ndim == 2 else stored
+    return np.stack([_one_frame(ds, f, spec, i) for i, f in enumerate(frames)])
+
+
+def stack(tensors: Sequence[np.ndarray], batch_size: int | None = None) -> np.ndarray:
+    """[1, H, W] tensors -> one batch [N, 1, H, W]; zero-padded up to `batch_size` if given.
+
+    Padding lets a runtime with fixed batch sizes (TensorRT profiles) take a short batch; the
+    caller drops the outputs of the padded rows (the first len(tensors) are real).
+    """
+    if not tensors:
+        raise ValueError("nothing to stack")
+    batch = np.stack([np.asarray(t, dtype=np.float32) for t in tensors])
+    if batch_size is not None and batch.shape[0] < batch_size:
+        pad = np.zeros((batch_size - batch.shape[0], *batch.shape[1:]), dtype=np.float32)
+        batch = np.concatenate([batch, pad])
+    return batch
