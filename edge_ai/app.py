@@ -1,0 +1,197 @@
+"""Composition root: builds every component from the config, owns the threads and signals."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from edge_ai import __version__
+from edge_ai.config import Config
+from edge_ai.dicom.scp import StorageSCP
+from edge_ai.domain import JobState
+from edge_ai.errors import ModelError
+from edge_ai.inference.engine import load_engine, self_test
+from edge_ai.inference.package import load_package
+from edge_ai.observability import logging as obs_logging
+from edge_ai.observability.audit import AuditLog
+from edge_ai.outbox.sender import Outbox
+from edge_ai.report.sr import DeviceInfo
+from edge_ai.service.systemd import Notifier
+from edge_ai.service.workers import Pipeline, Served
+from edge_ai.spool.ingest import Ingest
+from edge_ai.spool.queue import Queue
+from edge_ai.spool.store import Spool
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    name: str
+    path: str
+    ok: bool
+    detail: str
+    runtime: str = ""
+
+
+def load_models(cfg: Config, audit: Any | None = None, log: Any | None = None) -> tuple[dict[str, Served], list[ModelCheck]]:
+    """Hash-check, load and self-test every configured model; only passing ones are served."""
+    served: dict[str, Served] = {}
+    checks: list[ModelCheck] = []
+    for ref in cfg.models or []:
+        name = ref.path.name
+        try:
+            pkg = load_package(ref.path)
+            name = pkg.name
+            engine = load_engine(pkg, ref.runtime)
+            ok, detail = self_test(engine)
+            if not ok:
+                engine.close()
+                raise ModelError(f"model {pkg.name}: {detail}")
+        except ModelError as exc:
+            checks.append(ModelCheck(name, str(ref.path), False, str(exc)))
+            if audit:
+                audit("model.rejected", model=name, path=str(ref.path), reason=str(exc))
+            if log:
+                log.error("model_rejected", model=name, reason=str(exc))
+            continue
+        served[pkg.name] = Served(engine)
+        checks.append(ModelCheck(pkg.name, str(ref.path), True, detail, engine.runtime))
+        if audit:
+            audit("model.loaded", model=pkg.name, version=pkg.version, sha256=pkg.sha256, runtime=engine.runtime,
+                  self_test="pass")
+        if log:
+            log.info("model_loaded", model=pkg.name, version=pkg.version, runtime=engine.runtime)
+    return served, checks
+
+
+class App:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.log = obs_logging.get("edge_ai")
+        self.notifier = Notifier()
+        self._stop = threading.Event()
+        self._wake_worker = threading.Event()
+        self._wake_outbox = threading.Event()
+        root = cfg.storage.root
+        root.mkdir(parents=True, exist_ok=True)
+        self.audit_log = AuditLog(cfg.audit.path)
+        self.audit = self.audit_log.record
+        self.spool = Spool(root / "spool")
+        self.queue = Queue(root / "spool" / "queue.sqlite3", listener=self._on_job_state)
+        self.models, self.model_checks = load_models(cfg, self.audit, self.log)
+        dest_names = [d.name for d in cfg.destinations or []]
+        self.pipeline = Pipeline(
+            self.queue, self.spool, self.models, cfg.routing or [], dest_names,
+            DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
+        )
+        self.outbox = Outbox(self.queue, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log)
+        self.ingest = Ingest(self.spool, self.queue, cfg.storage.min_free_bytes)
+        self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, on_release=self._wake_worker.set)
+        self._threads: list[threading.Thread] = []
+
+    def _on_job_state(self, job_id: int, series_uid: str, state: JobState, reason: str) -> None:
+        self.audit("job.state", job=job_id, series_uid=series_uid, state=state.value, reason=reason or None)
+        if state is JobState.READY:
+            self._wake_worker.set()
+        elif state is JobState.REPORTED:
+            self._wake_outbox.set()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def request_stop(self, *_: object) -> None:
+        """Signal handler: only sets flags; the main loop does the work."""
+        self._stop.set()
+        self._wake_worker.set()
+        self._wake_outbox.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.request_stop()
+
+    def start(self) -> None:
+        self.audit("node.start", version=__version__, ae_title=self.cfg.node.ae_title,
+                   port=self.cfg.node.port, pid=_pid())
+        self.audit("config.loaded", path=str(self.cfg.source or ""), sha256=self.cfg.sha256)
+        resumed = self.queue.recover()
+        self.queue.ready_after_silence(self.cfg.grouping.series_timeout_s)
+        self.scp.start()
+        for name, target in (("inference-worker", self._worker_loop), ("outbox", self._outbox_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._wake_worker.set()
+        self._wake_outbox.set()
+        self.log.info(
+            "node_ready", ae_title=self.cfg.node.ae_title, host=self.cfg.node.host, port=self.scp.port,
+            models=sorted(self.models), resumed_jobs=resumed,
+        )
+        self.notifier.ready(self._status_line())
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the exit code."""
+        self.start()
+        interval = self.notifier.watchdog_interval_s or 1.0
+        tick = min(1.0, interval)
+        last_watchdog = 0.0
+        while not self._stop.wait(tick):
+            self.queue.ready_after_silence(self.cfg.grouping.series_timeout_s)
+            now = time.monotonic()
+            if now - last_watchdog >= interval and self._healthy():
+                self.notifier.watchdog()
+                self.notifier.status(self._status_line())
+                last_watchdog = now
+        return self.shutdown()
+
+    def _healthy(self) -> bool:
+        return self.scp.server is not None and all(t.is_alive() for t in self._threads)
+
+    def _status_line(self) -> str:
+        counts = self.queue.counts()
+        return f"queue received={counts['received']} ready={counts['ready']} reported={counts['reported']}"
+
+    def shutdown(self) -> int:
+        self.notifier.stopping()
+        self.log.info("node_stopping")
+        self.request_stop()
+        self.scp.stop()
+        for thread in self._threads:
+            thread.join(timeout=8)
+        self.audit("node.stop", pid=_pid())
+        self.queue.close()
+        self.audit_log.close()
+        return 0
+
+    # ---- loops ---------------------------------------------------------------------------------
+    def _worker_loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.queue.claim_ready()
+            if job is None:
+                self._wake_worker.wait(1.0)
+                self._wake_worker.clear()
+                continue
+            self.pipeline.process(job)
+
+    def _outbox_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                attempted = self.outbox.run_due()
+            except Exception:  # keep delivering whatever happens to one attempt
+                self.log.exception("outbox_error")
+                attempted = 0
+            if attempted:
+                continue
+            next_at = self.queue.next_delivery_at()
+            wait = 1.0 if next_at is None else max(0.0, min(1.0, next_at - time.time()))
+            self._wake_outbox.wait(wait)
+            self._wake_outbox.clear()
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

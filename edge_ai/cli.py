@@ -1,0 +1,181 @@
+"""Command line: parse, load config, call the app, map errors to exit codes with one-line messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge_ai import __version__
+from edge_ai import config as config_mod
+from edge_ai.errors import ConfigError, EdgeAIError, ModelError
+
+EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-ai", description="edge_ai DICOM edge appliance")
+    p.add_argument("--version", action="version", version=f"edge-ai {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, default=None,
+                        help="config file (default: $EDGE_AI_CONFIG, then config/edge-ai.yaml)")
+
+    with_config(sub.add_parser("serve", help="run the node in the foreground"))
+    with_config(sub.add_parser("check-config", help="validate the config and every model it names"))
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    with_config(audit_sub.add_parser("verify", help="check the audit log's hash chain"))
+    model = sub.add_parser("model", help="model package tools")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    validate = model_sub.add_parser("validate", help="check a package's hash and run its self-test")
+    validate.add_argument("path", type=Path)
+    validate.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    build = model_sub.add_parser("build-engine", help="build and cache the TensorRT engine for this GPU")
+    build.add_argument("path", type=Path)
+    with_config(build)
+    with_config(sub.add_parser("status", help="queue depth by state, last results, dead letters"))
+    return p
+
+
+def _load(path: Path | None) -> config_mod.Config:
+    return config_mod.load(config_mod.resolve_path(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"edge-ai: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except EdgeAIError as exc:
+        print(f"edge-ai: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args.config)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "audit":
+        return _audit_verify(args.config)
+    if args.command == "model" and args.model_command == "validate":
+        return _model_validate(args.path, args.runtime)
+    if args.command == "model" and args.model_command == "build-engine":
+        return _build_engine(args.path)
+    if args.command == "status":
+        return _status(args.config)
+    raise AssertionError(args.command)
+
+
+def _serve(path: Path | None) -> int:
+    from edge_ai.app import App
+    from edge_ai.observability import logging as obs_logging
+
+    cfg = _load(path)
+    obs_logging.configure()
+    app = App(cfg)
+    app.install_signals()
+    return app.run()
+
+
+def _check_config(path: Path | None) -> int:
+    from edge_ai.app import load_models
+
+    cfg = _load(path)
+    served, checks = load_models(cfg)
+    for c in checks:
+        mark = "ok" if c.ok else "FAILED"
+        print(f"model {c.name}: {mark} ({c.runtime + ', ' if c.runtime else ''}{c.detail})")
+    routed = {r.model for r in cfg.routing or []}
+    missing = sorted(routed - {c.name for c in checks if c.ok})
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        print(f"edge-ai: invalid configuration: models: {failed[0].detail}", file=sys.stderr)
+        return EXIT_INVALID
+    if missing:
+        print(f"edge-ai: invalid configuration: routing: model {missing[0]!r} is not among the models",
+              file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{cfg.source}: valid ({len(served)} models, {len(cfg.destinations or [])} destinations)")
+    return EXIT_OK
+
+
+def _audit_verify(path: Path | None) -> int:
+    from edge_ai.observability.audit import verify
+
+    cfg = _load(path)
+    result = verify(cfg.audit.path)
+    if result.ok:
+        print(f"{cfg.audit.path}: intact ({result.lines} lines)")
+        return EXIT_OK
+    where = f"line {result.bad_line}" if result.bad_line else "file"
+    print(f"{cfg.audit.path}: broken at {where}: {result.reason}")
+    return EXIT_FAIL
+
+
+def _model_validate(path: Path, runtime: str) -> int:
+    from edge_ai.inference.engine import load_engine, self_test
+    from edge_ai.inference.package import load_package
+
+    try:
+        pkg = load_package(path)
+        engine = load_engine(pkg, runtime)
+    except ModelError as exc:
+        print(f"edge-ai: model invalid: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    ok, detail = self_test(engine)
+    print(f"{pkg.name} {pkg.version}: sha256 ok; self-test on {engine.runtime}: {'pass' if ok else 'FAIL'} ({detail})")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def _build_engine(path: Path) -> int:
+    from edge_ai.inference.engine import backends
+
+    backend = backends().get("tensorrt")
+    if backend is None:
+        print("edge-ai: cannot build an engine: TensorRT backend is not available in this build", file=sys.stderr)
+        return EXIT_FAIL
+    ok, why = backend.available()
+    if not ok:
+        print(f"edge-ai: cannot build an engine: {why}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_FAIL
+
+
+def _status(path: Path | None) -> int:
+    from edge_ai.spool.queue import Queue
+
+    cfg = _load(path)
+    db = cfg.storage.root / "spool" / "queue.sqlite3"
+    if not db.exists():
+        print(f"no spool at {db} yet (the node has not run with this config)")
+        return EXIT_OK
+    queue = Queue(db)
+    try:
+        counts = queue.counts()
+        print("jobs by state: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        print("last results:")
+        for r in queue.recent_reports():
+            when = datetime.fromtimestamp(float(r["created_at"]), UTC).isoformat(timespec="seconds")  # type: ignore[arg-type]
+            verdict = "POSITIVE" if r["positive"] else "negative"
+            print(f"  {when} series {r['series_uid']} {r['model_name']} {r['model_version']} ({r['runtime']}): "
+                  f"{verdict} p={float(r['probability']):.3f}")  # type: ignore[arg-type]
+        dead = queue.dead_letters()
+        print(f"dead letters: {len(dead)}")
+        for d in dead:
+            print(f"  {d['destination']}: SR {d['sop_instance_uid']} after {d['attempts']} attempts: {d['reason']}")
+        for f in queue.failed_jobs():
+            print(f"failed job {f['id']} series {f['series_uid']}: {f['reason']}")
+        if "--json" in sys.argv:
+            print(json.dumps({"counts": counts}))
+    finally:
+        queue.close()
+    return EXIT_OK

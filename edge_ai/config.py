@@ -1,0 +1,280 @@
+"""Typed configuration (SPEC "Configuration"): pydantic models, unknown keys rejected, one load()."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_ai.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODELS_DIR = PACKAGE_DIR / "models"
+DEFAULT_CONFIG = Path("config/edge-ai.yaml")
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
+
+
+def _check_ae(value: str) -> str:
+    if not _AE_RE.match(value) or not value.strip():
+        raise ValueError("must be 1-16 printable characters (no backslash), not all spaces")
+    return value.strip()
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Timeouts(_Section):
+    acse: float = Field(30, gt=0, le=600)
+    dimse: float = Field(60, gt=0, le=3600)
+    network: float = Field(60, gt=0, le=3600)
+
+
+class TLS(_Section):
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = True
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TLS:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("certificate and private_key are required when enabled is true")
+        return self
+
+
+class AllowedCaller(_Section):
+    ae_title: AETitle
+    hosts: list[str] = Field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("hosts")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for host in value:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{host!r} is not an IP address or CIDR network") from exc
+        return value
+
+
+class Node(_Section):
+    ae_title: AETitle = "EDGE_AI"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(16, ge=1, le=1024)
+    max_pdu_length: int = Field(262144, ge=4096, le=16 * 1024 * 1024)
+    timeouts: Timeouts = Timeouts()
+    tls: TLS = TLS()
+    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class Storage(_Section):
+    root: Path = Path("../var")
+    min_free_bytes: int = Field(2 * 1024**3, ge=0)
+
+
+class Grouping(_Section):
+    series_timeout_s: float = Field(10, gt=0, le=86400)
+
+
+class ModelRef(_Section):
+    path: Path
+    runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+
+
+class RouteMatch(_Section):
+    Modality: list[str] | None = None
+    BodyPartExamined: list[str] | None = None
+    SOPClassUID: list[str] | None = None
+    SeriesDescription: str | None = None  # regular expression, searched
+
+    @field_validator("SeriesDescription")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class Route(_Section):
+    name: str
+    match: RouteMatch
+    model: str
+    destinations: list[str] | None = None
+
+
+class RetryPolicy(_Section):
+    attempts: int = Field(8, ge=1, le=1000)
+    initial_s: float = Field(1.0, gt=0)
+    max_s: float = Field(300.0, gt=0)
+
+
+class FolderDestination(_Section):
+    name: str
+    type: Literal["folder"]
+    path: Path
+    retry: RetryPolicy = RetryPolicy()
+
+
+class DicomDestination(_Section):
+    name: str
+    type: Literal["dicom"]
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: AETitle | None = None
+    tls: TLS = TLS()
+    timeout_s: float = Field(30, gt=0)
+    retry: RetryPolicy = RetryPolicy()
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+Destination = Annotated[FolderDestination | DicomDestination, Field(discriminator="type")]
+
+
+class Audit(_Section):
+    path: Path = Path("../var/audit/audit.jsonl")
+
+
+class Metrics(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class Drift(_Section):
+    window: int = Field(50, ge=5)
+    threshold: float = Field(0.25, gt=0)
+
+
+class Config(_Section):
+    node: Node = Node()
+    storage: Storage = Storage()
+    grouping: Grouping = Grouping()
+    models: list[ModelRef] | None = None
+    routing: list[Route] | None = None
+    destinations: list[Destination] | None = None
+    audit: Audit = Audit()
+    metrics: Metrics = Metrics()
+    drift: Drift = Drift()
+    # set by load(): where relative paths were resolved from, and the file's hash for the audit
+    source: Path | None = Field(default=None, exclude=True)
+    sha256: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _names(self) -> Config:
+        if self.destinations is not None:
+            names = [d.name for d in self.destinations]
+            if len(set(names)) != len(names):
+                raise ValueError("destinations: names must be unique")
+        if self.routing is not None and self.destinations is not None:
+            known = {d.name for d in self.destinations}
+            for i, route in enumerate(self.routing):
+                for dest in route.destinations or []:
+                    if dest not in known:
+                        raise ValueError(f"routing.{i}.destinations: unknown destination {dest!r}")
+        return self
+
+
+def default_models() -> list[ModelRef]:
+    return [ModelRef(path=MODELS_DIR / "demo_chest_xr"), ModelRef(path=MODELS_DIR / "demo_ct")]
+
+
+def default_routing() -> list[Route]:
+    return [
+        Route(name="chest", match=RouteMatch(Modality=["DX", "CR"]), model="demo-chest-xr"),
+        Route(name="ct", match=RouteMatch(Modality=["CT"]), model="demo-ct-lesion"),
+    ]
+
+
+def resolve_path(config_path: Path | None) -> Path:
+    """--config, else $EDGE_AI_CONFIG, else config/edge-ai.yaml."""
+    if config_path is not None:
+        return config_path
+    env = os.environ.get("EDGE_AI_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load(path: Path) -> Config:
+    """Load, validate and resolve a config file.
+
+    Raises:
+        ConfigError: with the offending key in the message.
+    """
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    try:
+        raw: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
+    cfg = _resolved(cfg, path.resolve().parent)
+    cfg.source = path.resolve()
+    cfg.sha256 = hashlib.sha256(text).hexdigest()
+    return cfg
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def _resolved(cfg: Config, base: Path) -> Config:
+    def rel(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    cfg.storage.root = rel(cfg.storage.root)
+    cfg.audit.path = rel(cfg.audit.path)
+    for tls in [cfg.node.tls] + [d.tls for d in cfg.destinations or [] if isinstance(d, DicomDestination)]:
+        for attr in ("certificate", "private_key", "ca_certificates"):
+            value = getattr(tls, attr)
+            if value is not None:
+                setattr(tls, attr, rel(value))
+    if cfg.models is None:
+        cfg.models = default_models()
+    else:
+        for m in cfg.models:
+            m.path = rel(m.path)
+    if cfg.routing is None:
+        cfg.routing = default_routing()
+    if cfg.destinations is None:
+        cfg.destinations = [FolderDestination(name="results", type="folder", path=cfg.storage.root / "results")]
+    else:
+        for d in cfg.destinations:
+            if isinstance(d, FolderDestination):
+                d.path = rel(d.path)
+    return cfg

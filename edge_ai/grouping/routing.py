@@ -1,0 +1,53 @@
+"""Routing (pure): rules on DICOM tags pick the model(s) and destinations for a series."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pydicom
+
+from edge_ai.config import Route
+from edge_ai.dicom.contexts import NOT_INFERRED
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    route: str
+    model: str
+    destinations: tuple[str, ...]
+
+
+def _values(ds: pydicom.Dataset, keyword: str) -> list[str]:
+    value = ds.get(keyword)
+    if value is None:
+        return []
+    if isinstance(value, pydicom.multival.MultiValue):
+        return [str(v).strip().upper() for v in value]
+    return [str(value).strip().upper()]
+
+
+def matches(route: Route, ds: pydicom.Dataset) -> bool:
+    m = route.match
+    for keyword, wanted in (
+        ("Modality", m.Modality),
+        ("BodyPartExamined", m.BodyPartExamined),
+        ("SOPClassUID", m.SOPClassUID),
+    ):
+        if wanted is not None and not {w.upper() for w in wanted} & set(_values(ds, keyword)):
+            return False
+    if m.SeriesDescription is not None:
+        return re.search(m.SeriesDescription, str(ds.get("SeriesDescription", "") or "")) is not None
+    return True
+
+
+def route(routes: list[Route], ds: pydicom.Dataset, all_destinations: list[str]) -> list[RouteDecision]:
+    """Every rule that matches the series' first instance, in config order, one decision per model."""
+    if str(ds.get("SOPClassUID", "")) in NOT_INFERRED:
+        return []
+    decisions: dict[str, RouteDecision] = {}
+    for r in routes:
+        if r.model not in decisions and matches(r, ds):
+            dests = tuple(r.destinations) if r.destinations is not None else tuple(all_destinations)
+            decisions[r.model] = RouteDecision(r.name, r.model, dests)
+    return list(decisions.values())

@@ -1,0 +1,58 @@
+"""ONNX Runtime backend: CUDA provider where onnxruntime-gpu offers it, else CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_ai.errors import ModelError
+from edge_ai.inference.engine import Outputs, register
+from edge_ai.inference.package import ModelPackage
+
+
+class OnnxRuntimeEngine:
+    def __init__(self, package: ModelPackage) -> None:
+        import onnxruntime as ort
+
+        self.package = package
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(package.onnx_path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelError(f"model {package.name}: onnxruntime cannot load model.onnx: {exc}") from exc
+        used = self._session.get_providers()[0]
+        self.runtime = "onnxruntime-cuda" if used == "CUDAExecutionProvider" else "onnxruntime-cpu"
+        names = {o.name for o in self._session.get_outputs()}
+        self._outputs = [package.outputs["probability"].name, package.outputs["box"].name]
+        missing = [n for n in self._outputs if n not in names]
+        if missing:
+            raise ModelError(f"model {package.name}: model.onnx has no output {missing[0]!r}")
+        self._input = package.input.name
+
+    def run(self, batch: np.ndarray) -> Outputs:
+        expected = tuple(self.package.input.shape[1:])
+        if tuple(batch.shape[1:]) != expected:
+            raise ModelError(f"model {self.package.name}: input {batch.shape[1:]} != expected {expected}")
+        prob, box = self._session.run(self._outputs, {self._input: batch.astype(np.float32, copy=False)})
+        return Outputs(np.asarray(prob, np.float32).reshape(-1), np.asarray(box, np.float32).reshape(-1, 4))
+
+    def close(self) -> None:
+        del self._session
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False, "onnxruntime is not installed"
+        return True, ""
+
+    def load(self, package: ModelPackage) -> OnnxRuntimeEngine:
+        return OnnxRuntimeEngine(package)
+
+
+register(OnnxRuntimeBackend())

@@ -1,0 +1,110 @@
+"""Tamper-evident audit log (SPEC "Audit log"): JSON lines, hash chain, fsync per line.
+
+Each line is ``{"seq", "time", "event", ...fields, "prev", "hash"}`` where ``hash`` is the SHA-256
+of ``prev`` followed by the canonical JSON (sorted keys, no spaces) of the line without ``hash``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def _line_hash(prev: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(prev.encode() + _canonical(body)).hexdigest()
+
+
+class AuditLog:
+    """Append-only, hash-chained, fsync'd; safe to call from any thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._seq, self._prev = _tail(path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def record(self, event: str, **fields: Any) -> None:
+        with self._lock:
+            body: dict[str, Any] = {
+                "seq": self._seq + 1,
+                "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+                "event": event,
+                **{k: v for k, v in fields.items() if v is not None},
+                "prev": self._prev,
+            }
+            digest = _line_hash(self._prev, body)
+            line = _canonical({**body, "hash": digest}) + b"\n"
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+            self._seq += 1
+            self._prev = digest
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def _tail(path: Path) -> tuple[int, str]:
+    """Sequence number and hash of the last complete line; a torn final line (crash) is cut off."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0, GENESIS
+    with path.open("rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):  # power loss mid-write: drop the partial line, keep the chain
+            cut = data.rfind(b"\n") + 1
+            f.truncate(cut)
+            data = data[:cut]
+            os.fsync(f.fileno())
+    if not data:
+        return 0, GENESIS
+    last = json.loads(data.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    return int(last["seq"]), str(last["hash"])
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    lines: int
+    bad_line: int | None = None
+    reason: str = ""
+
+
+def verify(path: Path) -> VerifyResult:
+    """Recompute the chain; report the first line (1-based) that does not match."""
+    prev = GENESIS
+    count = 0
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        return VerifyResult(False, 0, None, f"cannot read {path}: {exc.strerror}")
+    with f:
+        for number, raw in enumerate(f, start=1):
+            count = number
+            try:
+                entry = json.loads(raw)
+                claimed = entry.pop("hash")
+            except (ValueError, KeyError, AttributeError):
+                return VerifyResult(False, count, number, "not a JSON audit line")
+            if entry.get("prev") != prev:
+                return VerifyResult(False, count, number, "prev does not match the previous line's hash")
+            if entry.get("seq") != number:
+                return VerifyResult(False, count, number, f"seq {entry.get('seq')} where {number} expected")
+            if _line_hash(prev, entry) != claimed:
+                return VerifyResult(False, count, number, "hash does not match the line's content")
+            prev = claimed
+    return VerifyResult(True, count)

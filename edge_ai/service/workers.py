@@ -1,0 +1,181 @@
+"""The inference pipeline for one job: headers -> routing -> imaging -> engine -> SR in the spool."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+
+from edge_ai.config import Route
+from edge_ai.dicom.contexts import NOT_INFERRED
+from edge_ai.domain import InferenceResult, InstanceRef
+from edge_ai.errors import EdgeAIError, ImagingError, ModelError
+from edge_ai.grouping.routing import RouteDecision, route
+from edge_ai.imaging import pixels
+from edge_ai.inference.aggregate import ImageInfo, summarize
+from edge_ai.inference.engine import Engine, Outputs
+from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr
+from edge_ai.spool.queue import Job, Queue, ReportRow
+from edge_ai.spool.store import Spool
+
+Audit = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Served:
+    """A model that passed its hash check and self-test, with the engine that serves it."""
+
+    engine: Engine
+
+    @property
+    def name(self) -> str:
+        return self.engine.package.name
+
+
+class Pipeline:
+    def __init__(
+        self,
+        queue: Queue,
+        spool: Spool,
+        models: dict[str, Served],
+        routes: list[Route],
+        destinations: list[str],
+        device: DeviceInfo,
+        audit: Audit,
+        log: Any,
+        on_stage: Callable[[str, float], None] = lambda stage, seconds: None,
+    ) -> None:
+        self.queue = queue
+        self.spool = spool
+        self.models = models
+        self.routes = routes
+        self.destinations = destinations
+        self.device = device
+        self.audit = audit
+        self.log = log
+        self.on_stage = on_stage
+
+    def process(self, job: Job) -> None:
+        """Run one claimed job to `reported` (or `failed` with a reason); never raises."""
+        try:
+            self._process(job)
+        except EdgeAIError as exc:
+            self._fail(job, str(exc))
+        except Exception as exc:  # the boundary: a bug or bad data fails this job, not the node
+            self.log.exception("job_error", job=job.id)
+            self._fail(job, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail(self, job: Job, reason: str) -> None:
+        self.log.warning("job_failed", job=job.id, reason=reason)
+        self.queue.fail_job(job.id, reason)
+
+    def _process(self, job: Job) -> None:
+        refs = self.queue.series_instances(job.series_id)
+        if not refs:
+            raise ImagingError("series has no stored instances")
+        headers = [_read_header(r) for r in refs]
+        decisions = route(self.routes, headers[0], self.destinations)
+        if not decisions:
+            self.audit("series.not_routed", job=job.id, series_uid=job.series_uid, modality=job.modality,
+                       sop_class_uid=str(headers[0].get("SOPClassUID", "")))
+            self.queue.add_reports(job.id, [], [])
+            return
+        rows, dests = [], []
+        for decision in decisions:
+            rows.append(self._run_model(job, decision, refs, headers))
+            dests.append(list(decision.destinations))
+        self.queue.add_reports(job.id, rows, dests)
+
+    def _run_model(
+        self, job: Job, decision: RouteDecision, refs: list[InstanceRef], headers: list[Dataset]
+    ) -> ReportRow:
+        served = self.models.get(decision.model)
+        if served is None:
+            raise ModelError(f"route {decision.route}: model {decision.model} is not being served")
+        engine = served.engine
+        pkg = engine.package
+        started = time.monotonic()
+        pairs = [(r, h) for r, h in zip(refs, headers, strict=True) if str(h.SOPClassUID) not in NOT_INFERRED]
+        pairs.sort(key=lambda p: _slice_order(p[1]))
+        result = self._infer(engine, pairs)
+        duration = time.monotonic() - started
+        self.on_stage("inference", duration)
+        self.audit(
+            "inference", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
+            runtime=engine.runtime, instances=len(pairs), duration_s=round(duration, 4),
+            outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
+        )
+        previous = self.queue.previous_report(job.series_id, pkg.name, job.id)
+        predecessor = (
+            Predecessor(sop_instance_uid=previous[0], series_instance_uid=previous[1],
+                        study_instance_uid=job.study_uid)
+            if previous else None
+        )
+        started = time.monotonic()
+        sr = build_sr(headers, result, pkg, self.device, predecessor=predecessor)
+        path = self.spool.report_path(str(sr.SOPInstanceUID))
+        buffer = io.BytesIO()
+        sr.save_as(buffer, enforce_file_format=True)
+        self.spool.write(path, buffer.getvalue())
+        self.on_stage("report", time.monotonic() - started)
+        self.audit(
+            "sr.created", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
+            sr_sop_instance_uid=str(sr.SOPInstanceUID), sr_series_uid=str(sr.SeriesInstanceUID),
+            study_uid=job.study_uid, predecessor=predecessor.sop_instance_uid if predecessor else None,
+            findings=len(result.findings),
+        )
+        return ReportRow(
+            model_name=pkg.name, model_version=pkg.version, runtime=engine.runtime,
+            sop_instance_uid=str(sr.SOPInstanceUID), series_uid=str(sr.SeriesInstanceUID),
+            path=str(path), positive=result.positive, probability=result.probability,
+        )
+
+    def _infer(self, engine: Engine, pairs: Sequence[tuple[InstanceRef, Dataset]]) -> InferenceResult:
+        pkg = engine.package
+        if not pairs:
+            raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
+        batch_size = max(pkg.batch_sizes)
+        infos: list[ImageInfo] = []
+        probs, boxes = [], []
+        started = time.monotonic()
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            tensors = []
+            for ref, header in chunk:
+                ds = pydicom.dcmread(ref.path)
+                try:
+                    tensors.append(pixels.preprocess(ds, pkg.preprocessing))
+                except ImagingError as exc:
+                    raise ImagingError(f"instance {ref.sop_instance_uid}: {exc}") from exc
+                infos.append(ImageInfo(ref.sop_instance_uid, ref.sop_class_uid, int(header.Rows), int(header.Columns)))
+            out = engine.run(pixels.stack(tensors, _padded_size(pkg.batch_sizes, len(tensors))))
+            probs.append(out.probability[: len(tensors)])
+            boxes.append(out.box[: len(tensors)])
+        self.on_stage("imaging+inference", time.monotonic() - started)
+        return summarize(pkg, engine.runtime, infos, Outputs(np.concatenate(probs), np.concatenate(boxes)))
+
+
+def _padded_size(sizes: list[int], n: int) -> int:
+    """The smallest batch size the package declares that holds n (the runtime may need exact sizes)."""
+    fitting = [s for s in sorted(sizes) if s >= n]
+    return fitting[0] if fitting else n
+
+
+def _read_header(ref: InstanceRef) -> Dataset:
+    try:
+        return pydicom.dcmread(Path(ref.path), stop_before_pixels=True)
+    except Exception as exc:  # a stored file that no longer parses fails its job with the reason
+        raise ImagingError(f"instance {ref.sop_instance_uid}: cannot read header: {type(exc).__name__}") from exc
+
+
+def _slice_order(ds: Dataset) -> tuple[float, int]:
+    position = ds.get("ImagePositionPatient")
+    z = float(position[2]) if position is not None and len(position) == 3 else 0.0
+    return (z, int(ds.get("InstanceNumber", 0) or 0))

@@ -1,0 +1,104 @@
+"""From received bytes to a durable, indexed instance — or a RejectedInstance with its status."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import re
+import sqlite3
+from dataclasses import dataclass
+
+import pydicom
+
+from edge_ai.dicom import status
+from edge_ai.domain import InstanceRef
+from edge_ai.errors import RejectedInstance
+from edge_ai.spool.queue import Queue, StoreOutcome
+from edge_ai.spool.store import Spool
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
+
+
+@dataclass(frozen=True)
+class Stored:
+    ref: InstanceRef
+    modality: str
+    outcome: StoreOutcome
+
+
+class Ingest:
+    def __init__(self, spool: Spool, queue: Queue, min_free_bytes: int) -> None:
+        self.spool = spool
+        self.queue = queue
+        self.min_free_bytes = min_free_bytes
+
+    def store(self, part10: bytes, dataset_bytes: bytes, context_sop_class: str, assoc: str) -> Stored:
+        """Store one received instance durably and index it.
+
+        Args:
+            part10: the file to keep (preamble, file meta, data set exactly as received).
+            dataset_bytes: the data set alone, hashed to recognise a resend of the same content.
+            context_sop_class: the abstract syntax of the presentation context it came on.
+            assoc: an identifier of the association, for series grouping.
+
+        Raises:
+            RejectedInstance: with the DIMSE status to answer.
+        """
+        try:
+            free = self.spool.free_bytes()
+        except OSError as exc:
+            raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool unavailable: {exc.strerror}") from exc
+        if free < self.min_free_bytes + len(part10):
+            raise RejectedInstance(status.OUT_OF_RESOURCES, f"free space {free} below storage.min_free_bytes")
+        header = parse_header(part10)
+        uids = {k: str(header.get(k, "") or "") for k in _HEADER_TAGS}
+        for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            value = uids[key]
+            if not value or len(value) > 64 or not _UID_RE.match(value):
+                raise RejectedInstance(status.CANNOT_UNDERSTAND, f"{key} missing or not a valid UID")
+        if uids["SOPClassUID"] != context_sop_class:
+            raise RejectedInstance(
+                status.DATASET_MISMATCH,
+                f"data set SOP class {uids['SOPClassUID']} differs from the presentation context {context_sop_class}",
+            )
+        digest = hashlib.sha256(dataset_bytes).hexdigest()
+        path = self.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
+        ref = InstanceRef(
+            sop_class_uid=uids["SOPClassUID"],
+            sop_instance_uid=uids["SOPInstanceUID"],
+            series_instance_uid=uids["SeriesInstanceUID"],
+            study_instance_uid=uids["StudyInstanceUID"],
+            path=str(path),
+            sha256=digest,
+            size=len(part10),
+        )
+        modality = uids["Modality"][:16]
+        if not self.queue.has_instance(ref.sop_instance_uid, digest):
+            try:
+                self.spool.write(path, part10)
+            except OSError as exc:
+                reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
+                raise RejectedInstance(status.OUT_OF_RESOURCES, reason) from exc
+        try:
+            outcome = self.queue.add_instance(ref, modality, assoc)
+        except sqlite3.Error as exc:
+            raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
+        return Stored(ref, modality, outcome)
+
+
+def parse_header(part10: bytes) -> pydicom.Dataset:
+    """Read the identifying attributes only; pixel data stays as received.
+
+    Raises:
+        RejectedInstance: 0xC000 when the bytes are not a DICOM data set.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        for key in _HEADER_TAGS:
+            ds.get(key)  # force decoding of each element now, inside this try
+    except Exception as exc:  # untrusted bytes: any parser failure means "cannot understand"
+        raise RejectedInstance(status.CANNOT_UNDERSTAND, f"not a parseable DICOM data set: {type(exc).__name__}") from exc
+    return ds
+

@@ -1,0 +1,87 @@
+"""Durable Part-10 storage: temporary file, fsync, rename, fsync of the directory.
+
+File names are derived from a hash (never from UIDs a peer chose), so no received value can steer
+where a file lands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.instances = root / "instances"
+        self.reports = root / "reports"
+        self.tmp = root / "tmp"
+        for d in (self.instances, self.reports, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        self.clean_tmp()
+
+    def clean_tmp(self) -> None:
+        """Temporary files left by a crash were never acknowledged: they can go."""
+        for leftover in self.tmp.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def instance_path(self, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.instances / digest[:2] / f"{digest}.dcm"
+
+    def report_path(self, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.reports / f"{digest}.dcm"
+
+    def write(self, path: Path, chunks: list[bytes] | bytes) -> None:
+        """Write durably; on any error nothing is left at `path` or in tmp.
+
+        Raises:
+            OSError: disk full, permissions; the caller maps it to a status.
+        """
+        write_durably(path, chunks, self.tmp)
+
+
+def write_durably(path: Path, chunks: list[bytes] | bytes, tmp_dir: Path | None = None) -> None:
+    """tmp file in `tmp_dir` (same file system), fsync, rename over `path`, fsync of its directory."""
+    if isinstance(chunks, bytes | bytearray | memoryview):
+        chunks = [bytes(chunks)]
+    directory = path.parent
+    new_dir = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp_dir = tmp_dir or directory
+    tmp = tmp_dir / f".{path.name}.{os.getpid()}.{id(chunks):x}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(directory)
+    if new_dir:
+        fsync_dir(directory.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
