@@ -61,7 +61,7 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import generate_uid
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, DT, TM
 
 from edge_ai import __version__
 from edge_ai.domain import Finding, InferenceResult
@@ -188,6 +188,8 @@ def build_sr(
             label, or the result is from another model than `package`.
     """
     by_uid = _check_inputs(sources, result, package)
+    # arrival order must not change the bytes: evidence is listed in instance order
+    sources = sorted(sources, key=lambda s: (int(s.get("InstanceNumber") or 0), str(s.SOPInstanceUID)))
     first = sources[0]
     series_label = (
         package.labels["finding"] if "finding" in package.labels else next(iter(package.labels.values()))
@@ -234,7 +236,7 @@ def build_sr(
 
     when = created or datetime.datetime.now()
     sr = hd.sr.Comprehensive3DSR(
-        evidence=list(sources),
+        evidence=[_with_type2_defaults(first), *sources[1:]],
         content=report[0],
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -265,6 +267,9 @@ def build_sr(
     )
     sr.InstanceCreationDate = DA(when.date())
     sr.InstanceCreationTime = TM(when.time())
+    for equipment in sr.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in equipment:  # highdicom stamps "now"; keep `created` authoritative
+            equipment.ContributionDateTime = DT(when)
     return sr
 
 
@@ -453,6 +458,29 @@ def _document_evaluations(
         )
     container.ContentSequence = DicomSequence(items)
     return container
+
+
+_PATIENT_STUDY_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _with_type2_defaults(ds: Dataset) -> Dataset:
+    """A copy of the first source's header with absent Type 2 patient/study attributes present but
+    empty, as the SR's Patient and General Study modules require (highdicom reads them directly)."""
+    header = Dataset(dict(ds.items()))  # new element map; the caller's dataset is left untouched
+    for keyword in _PATIENT_STUDY_TYPE2:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
 
 
 def _predecessor_dataset(p: Predecessor) -> Dataset:
