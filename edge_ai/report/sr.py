@@ -20,8 +20,10 @@ UIDs are derived, never random (see `sr_series_uid` and `sr_instance_uid`): the 
 same instances always yields the same SOP Instance UID, so a re-send never creates a second object
 in PACS, and any change to what the SR says yields a new one. Probabilities are rounded to 4
 decimals and coordinates to 2 before both hashing and rendering, so the UID covers exactly what the
-document shows. Content/creation date and time are the only parts not covered by the UID: they
-record when this copy was built (pass `created` to pin them, e.g. to the job's result time).
+document shows. Content/creation date and time are not covered by the UID: they record when this
+copy was built (pass `created` to pin them, e.g. to the job's result time). Nor is the predecessor:
+a reopened series always has a new source set, hence a new UID, while re-processing an unchanged
+series must give back the same UID even when the caller names the earlier SR as predecessor.
 """
 
 from __future__ import annotations
@@ -178,7 +180,9 @@ def build_sr(
         result: the model's conclusion; every finding must name a source instance.
         package: model name, version, coded labels and disclaimer.
         device: this node, reported as the device observer.
-        predecessor: the SR this one replaces; listed in Predecessor Documents Sequence.
+        predecessor: the SR this one replaces; listed in Predecessor Documents Sequence unless it
+            is this very document (same UID: an unchanged result re-issued), which is never
+            listed as its own predecessor.
         uid_root: org root for derived UIDs (must end with '.').
         series_number, instance_number: SR Series/Instance Number.
         created: Content/Instance Creation date and time; now (local) when None.
@@ -196,10 +200,11 @@ def build_sr(
     )
     series_uid = sr_series_uid(first.SeriesInstanceUID, package.name, package.version, uid_root)
     dev_uid = device_uid(device, uid_root)
-    fingerprint = _fingerprint(
-        first, result, package, device, dev_uid, predecessor, series_number, instance_number
-    )
+    fingerprint = _fingerprint(first, result, package, device, dev_uid, series_number, instance_number)
     sop_uid = sr_instance_uid(series_uid, list(by_uid), fingerprint, uid_root)
+    # the UID already covers the source set and content; a predecessor with the same UID means an
+    # unchanged result re-issued (e.g. re-processing), which must stay one object in PACS
+    listed = predecessor if predecessor and predecessor.sop_instance_uid != sop_uid else None
 
     algorithm = AlgorithmIdentification(
         name=package.name,
@@ -247,7 +252,7 @@ def build_sr(
         is_final=False,
         is_verified=False,
         institution_name=first.get("InstitutionName") or None,
-        previous_versions=[_predecessor_dataset(predecessor)] if predecessor else None,
+        previous_versions=[_predecessor_dataset(listed)] if listed else None,
         record_evidence=True,
         series_description=_series_description(package),
         manufacturer_model_name=device.model_name,
@@ -324,7 +329,6 @@ def _fingerprint(
     package: PackageInfo,
     device: DeviceInfo,
     dev_uid: str,
-    predecessor: Predecessor | None,
     series_number: int,
     instance_number: int,
 ) -> str:
@@ -364,7 +368,6 @@ def _fingerprint(
             device.serial_number,
             device.software_version,
         ],
-        "predecessor": predecessor.sop_instance_uid if predecessor else None,
         "numbers": [series_number, instance_number],
         "header": patient_study,
     }

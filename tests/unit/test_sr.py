@@ -341,14 +341,32 @@ def test_late_instance_gives_new_instance_uid(ct: list[Dataset]) -> None:
     assert before.SOPInstanceUID != after.SOPInstanceUID
 
 
-def test_predecessor_is_listed_and_changes_uid(dx: list[Dataset]) -> None:
-    """The replacement SR names the earlier one in Predecessor Documents Sequence."""
-    first = _build(dx, _result(dx, positive=True, p=0.9))
+def test_reopened_series_names_its_predecessor(ct: list[Dataset]) -> None:
+    """After a late slice, the new SR names the earlier one in Predecessor Documents Sequence."""
+    first = _build(ct[:4], _result(ct[:4], positive=True, p=0.9, on=2))
     pred = Predecessor(first.SOPInstanceUID, first.SeriesInstanceUID, first.StudyInstanceUID)
-    second = _build(dx, _result(dx, positive=True, p=0.9), predecessor=pred)
+    second = _build(ct, _result(ct, positive=True, p=0.9, on=2), predecessor=pred)
     assert sr_summary(second)["predecessors"] == [first.SOPInstanceUID]
     assert second.SOPInstanceUID != first.SOPInstanceUID
     assert second.SeriesInstanceUID == first.SeriesInstanceUID
+
+
+def test_reprocessing_unchanged_result_with_predecessor_keeps_uid(dx: list[Dataset]) -> None:
+    """Re-processing an unchanged series that names the earlier SR as predecessor is still one object."""
+    first = _build(dx, _result(dx, positive=True, p=0.9))
+    pred = Predecessor(first.SOPInstanceUID, first.SeriesInstanceUID, first.StudyInstanceUID)
+    again = _build(dx, _result(dx, positive=True, p=0.9), predecessor=pred)
+    assert again.SOPInstanceUID == first.SOPInstanceUID
+    assert "PredecessorDocumentsSequence" not in again  # never its own predecessor
+
+
+def test_changed_result_on_same_instances_names_predecessor(dx: list[Dataset]) -> None:
+    """A different result for the same images is a new SR that names the one it replaces."""
+    first = _build(dx, _result(dx, positive=False, p=0.3))
+    pred = Predecessor(first.SOPInstanceUID, first.SeriesInstanceUID, first.StudyInstanceUID)
+    second = _build(dx, _result(dx, positive=True, p=0.6), predecessor=pred)
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    assert sr_summary(second)["predecessors"] == [first.SOPInstanceUID]
 
 
 def test_other_model_version_gets_its_own_series(dx: list[Dataset]) -> None:
