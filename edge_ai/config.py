@@ -17,6 +17,7 @@ from edge_ai.errors import ConfigError
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODELS_DIR = PACKAGE_DIR / "models"
 DEFAULT_CONFIG = Path("config/edge-ai.yaml")
+_DESTINATION_TYPES = ("folder", "dicom")  # discriminator tags pydantic puts into error locations
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
 
@@ -25,6 +26,10 @@ def _check_ae(value: str) -> str:
     if not _AE_RE.match(value) or not value.strip():
         raise ValueError("must be 1-16 printable characters (no backslash), not all spaces")
     return value.strip()
+
+
+def _check_optional_ae(value: str | None) -> str | None:
+    return None if value is None else _check_ae(value)
 
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16)]
@@ -147,6 +152,7 @@ class DicomDestination(_Section):
     retry: RetryPolicy = RetryPolicy()
 
     _ae = field_validator("ae_title")(_check_ae)
+    _calling_ae = field_validator("calling_ae_title")(_check_optional_ae)
 
 
 Destination = Annotated[FolderDestination | DicomDestination, Field(discriminator="type")]
@@ -187,8 +193,9 @@ class Config(_Section):
             names = [d.name for d in self.destinations]
             if len(set(names)) != len(names):
                 raise ValueError("destinations: names must be unique")
-        if self.routing is not None and self.destinations is not None:
-            known = {d.name for d in self.destinations}
+        if self.routing is not None:
+            # with the section left out, load() adds the embedded default: the "results" folder
+            known = {d.name for d in self.destinations} if self.destinations is not None else {"results"}
             for i, route in enumerate(self.routing):
                 for dest in route.destinations or []:
                     if dest not in known:
@@ -244,12 +251,21 @@ def load(path: Path) -> Config:
 def format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in _user_loc(err["loc"])) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
+
+
+def _user_loc(loc: tuple[int | str, ...]) -> list[int | str]:
+    """The key path as written in the file: drop the union tag pydantic inserts after destinations.N."""
+    parts = list(loc)
+    tagged = len(parts) > 2 and parts[0] == "destinations" and isinstance(parts[1], int)
+    if tagged and parts[2] in _DESTINATION_TYPES:
+        del parts[2]
+    return parts
 
 
 def _resolved(cfg: Config, base: Path) -> Config:

@@ -1,0 +1,168 @@
+"""Image -> model tensor: decode, modality LUT, VOI window, MONOCHROME1, resize, bad pixel data."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from edge_ai import phantoms
+from edge_ai.errors import ImagingError
+from edge_ai.imaging import pixels
+from edge_ai.inference.package import Preprocessing, Window
+
+
+@pytest.fixture(scope="module")
+def dx() -> Dataset:
+    ds, _ = phantoms.dx_case(np.random.default_rng(21), size=128, lesion=True)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def ct() -> Dataset:
+    series, _ = phantoms.ct_case(np.random.default_rng(22), slices=3, size=64, lesion=False)
+    return series[1]
+
+
+def _spec(
+    window: Window, size: tuple[int, int] = (64, 64), mean: float = 0.0, std: float = 1.0
+) -> Preprocessing:
+    return Preprocessing(window=window, resize=size, mean=mean, std=std)
+
+
+def test_modality_lut_gives_hounsfield_units(ct: Dataset) -> None:
+    """CT stored values are rescaled to HU (air near -1000, soft tissue near 0..100)."""
+    hu = pixels.modality_lut(pixels.decode(ct), ct)
+    assert hu.dtype == np.float32
+    assert np.allclose(hu, ct.pixel_array.astype(np.float32) - 1024)
+    assert hu.min() < -900 and -50 < np.median(hu[hu > -500]) < 150
+
+
+def test_fixed_window_maps_edges_to_zero_and_one() -> None:
+    """A fixed window maps center-width/2 to 0, center+width/2 to 1 and clips beyond."""
+    values = np.array([[-1000.0, 0.0, 40.0, 80.0, 3000.0]], dtype=np.float32)
+    out = pixels.window(values, Window(source="fixed", center=40.0, width=80.0))
+    assert np.allclose(out, [[0.0, 0.0, 0.5, 1.0, 1.0]])
+
+
+def test_dataset_window_used_and_falls_back_to_percentiles(ct: Dataset) -> None:
+    """`dataset` windows use the instance's Window Center/Width, or percentiles when it has none."""
+    hu = pixels.modality_lut(pixels.decode(ct), ct)
+    spec = Window(source="dataset")
+    fixed = pixels.window(hu, Window(source="fixed", center=40.0, width=400.0))
+    assert np.allclose(pixels.window(hu, spec, ct), fixed)
+    bare = copy.deepcopy(ct)
+    del bare.WindowCenter, bare.WindowWidth
+    assert np.allclose(pixels.window(hu, spec, bare), pixels.window(hu, Window(source="percentile")))
+
+
+def test_monochrome1_gives_same_tensor_as_monochrome2() -> None:
+    """An inverted MONOCHROME1 image reaches the model exactly like its MONOCHROME2 twin."""
+    img, _ = phantoms.chest_xray(np.random.default_rng(23), size=128, lesion=True)
+    mono2, mono1 = phantoms.dx_dataset(img), phantoms.dx_dataset(img, monochrome1=True)
+    assert mono1.PhotometricInterpretation == "MONOCHROME1"
+    assert not np.array_equal(mono1.pixel_array, mono2.pixel_array)
+    for source in ("dataset", "percentile"):
+        spec = _spec(Window(source=source), mean=0.5, std=0.25)
+        assert np.allclose(pixels.preprocess(mono1, spec), pixels.preprocess(mono2, spec), atol=1e-5)
+
+
+def test_preprocess_shape_dtype_and_normalisation(dx: Dataset) -> None:
+    """preprocess returns float32 [1, H, W] in the model's input size, normalised with mean/std."""
+    raw = pixels.preprocess(dx, _spec(Window(source="percentile"), size=(96, 80)))
+    assert raw.shape == (1, 96, 80) and raw.dtype == np.float32
+    assert raw.min() >= 0.0 and raw.max() <= 1.0
+    norm = pixels.preprocess(dx, _spec(Window(source="percentile"), size=(96, 80), mean=0.5, std=0.25))
+    assert np.allclose(norm, (raw - 0.5) / 0.25, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (100, 37), (256, 300), (1, 1)])
+def test_resize_shapes_and_constant_preserved(shape: tuple[int, int]) -> None:
+    """Resizing gives exactly the requested rows x columns and keeps a flat image flat."""
+    out = pixels.resize(np.full((128, 96), 7.0), shape)
+    assert out.shape == shape and out.dtype == np.float32
+    assert np.allclose(out, 7.0)
+
+
+def test_resize_keeps_frame_so_positions_map_one_to_one() -> None:
+    """A bright spot keeps its relative position after resizing (boxes map back onto the source)."""
+    img = np.zeros((200, 300), dtype=np.float32)
+    img[50:60, 210:220] = 1.0  # centre at (215, 55) of (300, 200)
+    out = pixels.resize(img, (100, 100))
+    r, c = np.unravel_index(int(np.argmax(out)), out.shape)
+    assert abs((c + 0.5) / 100 - 215 / 300) < 0.02 and abs((r + 0.5) / 100 - 55 / 200) < 0.02
+
+
+def test_truncated_pixel_data_raises_imaging_error(dx: Dataset) -> None:
+    """Truncated pixel data gives a clear ImagingError, not a crash."""
+    bad = copy.deepcopy(dx)
+    bad.PixelData = bad.PixelData[: len(bad.PixelData) // 3]
+    with pytest.raises(ImagingError, match="cannot decode"):
+        pixels.preprocess(bad, _spec(Window(source="percentile")))
+
+
+def test_corrupt_compressed_pixel_data_raises_imaging_error(dx: Dataset) -> None:
+    """Garbage inside an RLE stream gives ImagingError."""
+    bad = copy.deepcopy(dx)
+    bad.compress(RLELossless)
+    data = bytearray(bad.PixelData)
+    data[40:] = b"\xff" * (len(data) - 40)
+    bad.PixelData = bytes(data)
+    with pytest.raises(ImagingError):
+        pixels.decode(bad)
+
+
+def test_colour_and_missing_pixels_rejected(dx: Dataset) -> None:
+    """Colour (multi-sample) images and instances without pixel data are refused with a reason."""
+    colour = copy.deepcopy(dx)
+    colour.SamplesPerPixel = 3
+    colour.PhotometricInterpretation = "RGB"
+    with pytest.raises(ImagingError, match="colour"):
+        pixels.decode(colour)
+    empty = copy.deepcopy(dx)
+    del empty.PixelData
+    with pytest.raises(ImagingError, match="no pixel data"):
+        pixels.decode(empty)
+
+
+def test_huge_dimensions_rejected_before_decoding(dx: Dataset) -> None:
+    """An image claiming absurd dimensions is refused without allocating it."""
+    with pytest.raises(ImagingError, match="too large"):
+        pixels.decode(dx, max_pixels=100)
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_dataset_decodes_like_raw(ct: Dataset, syntax: str) -> None:
+    """RLE / JPEG 2000 lossless compressed instances give the same tensor as uncompressed ones."""
+    packed = copy.deepcopy(ct)
+    try:
+        packed.compress(syntax)
+    except (RuntimeError, NotImplementedError, ValueError) as exc:  # no encoder plugin installed
+        pytest.skip(f"cannot encode {syntax}: {exc}")
+    assert packed.file_meta.TransferSyntaxUID == syntax
+    spec = _spec(Window(source="fixed", center=40.0, width=400.0))
+    assert np.allclose(pixels.preprocess(packed, spec), pixels.preprocess(ct, spec), atol=1e-5)
+
+
+def test_multiframe_first_frame_and_all_frames(ct: Dataset) -> None:
+    """Multi-frame: preprocess takes the first frame; preprocess_frames returns every frame."""
+    multi = copy.deepcopy(ct)
+    frames = np.stack([ct.pixel_array, ct.pixel_array[::-1]])
+    multi.NumberOfFrames = 2
+    multi.PixelData = frames.astype("<i2").tobytes()
+    spec = _spec(Window(source="fixed", center=40.0, width=400.0), size=(32, 32))
+    assert np.allclose(pixels.preprocess(multi, spec), pixels.preprocess(ct, spec))
+    all_frames = pixels.preprocess_frames(multi, spec)
+    assert all_frames.shape == (2, 1, 32, 32)
+    assert np.allclose(all_frames[1], pixels.preprocess(multi, spec, frame=1))
+
+
+def test_stack_batches_and_pads() -> None:
+    """stack builds [N, 1, H, W] and pads a short batch with zeros up to a fixed batch size."""
+    t = [np.ones((1, 8, 8), dtype=np.float32)] * 3
+    assert pixels.stack(t).shape == (3, 1, 8, 8)
+    padded = pixels.stack(t, batch_size=8)
+    assert padded.shape == (8, 1, 8, 8) and padded[3:].sum() == 0
