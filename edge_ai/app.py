@@ -77,7 +77,7 @@ class App:
         self._wake_outbox = threading.Event()
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
-        self.audit_log = AuditLog(cfg.audit.path)
+        self.audit_log = AuditLog(cfg.audit_path)
         self.audit = self.audit_log.record
         self.spool = Spool(root / "spool")
         self.queue = Queue(root / "spool" / "queue.sqlite3", listener=self._on_job_state)

@@ -112,12 +112,12 @@ def _audit_verify(path: Path | None) -> int:
     from edge_ai.observability.audit import verify
 
     cfg = _load(path)
-    result = verify(cfg.audit.path)
+    result = verify(cfg.audit_path)
     if result.ok:
-        print(f"{cfg.audit.path}: intact ({result.lines} lines)")
+        print(f"{cfg.audit_path}: intact ({result.lines} lines)")
         return EXIT_OK
     where = f"line {result.bad_line}" if result.bad_line else "file"
-    print(f"{cfg.audit.path}: broken at {where}: {result.reason}")
+    print(f"{cfg.audit_path}: broken at {where}: {result.reason}")
     return EXIT_FAIL
 
 

@@ -159,7 +159,7 @@ Destination = Annotated[FolderDestination | DicomDestination, Field(discriminato
 
 
 class Audit(_Section):
-    path: Path = Path("../var/audit/audit.jsonl")
+    path: Path | None = None  # default: <storage.root>/audit/audit.jsonl
 
 
 class Metrics(_Section):
@@ -186,6 +186,10 @@ class Config(_Section):
     # set by load(): where relative paths were resolved from, and the file's hash for the audit
     source: Path | None = Field(default=None, exclude=True)
     sha256: str = Field(default="", exclude=True)
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.path or self.storage.root / "audit" / "audit.jsonl"
 
     @model_validator(mode="after")
     def _names(self) -> Config:
@@ -274,7 +278,7 @@ def _resolved(cfg: Config, base: Path) -> Config:
         return p if p.is_absolute() else (base / p).resolve()
 
     cfg.storage.root = rel(cfg.storage.root)
-    cfg.audit.path = rel(cfg.audit.path)
+    cfg.audit.path = rel(cfg.audit.path) if cfg.audit.path else cfg.storage.root / "audit" / "audit.jsonl"
     for tls in [cfg.node.tls] + [d.tls for d in cfg.destinations or [] if isinstance(d, DicomDestination)]:
         for attr in ("certificate", "private_key", "ca_certificates"):
             value = getattr(tls, attr)

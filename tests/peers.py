@@ -1,0 +1,216 @@
+"""Real peers for tests and benchmarks: the node as a process, DCMTK tools, Orthanc, dciodvfy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# pynetdicom installs its own `storescu`/`echoscu` scripts: always use DCMTK's by full path.
+DCMTK = Path("/usr/bin")
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+DCIODVFY = "/usr/bin/dciodvfy"
+# Debian's DCMTK leaves Nagle's algorithm on unless told otherwise (~45 ms per message).
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout} s")
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(DCMTK / tool), *args], capture_output=True, text=True, env=PEER_ENV,
+                          timeout=timeout, check=False)
+
+
+def storescu(port: int, files: list[Path], *, called: str = "EDGE_AI", calling: str = "MODALITY",
+             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return dcmtk("storescu", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port),
+                 *[str(f) for f in files])
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines dciodvfy reports as errors (warnings are not errors)."""
+    out = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, check=False, timeout=60)
+    return [ln for ln in (out.stderr + out.stdout).splitlines() if ln.startswith("Error")]
+
+
+@dataclass
+class NodeProcess:
+    """`edge-ai serve` as a real process with its own config, spool and audit under `root`."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    destinations: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "edge-ai.yaml"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "var" / "results"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.root / "var" / "audit" / "audit.jsonl"
+
+    def write_config(self) -> None:
+        cfg: dict[str, Any] = {
+            "node": {"ae_title": "EDGE_AI", "host": "127.0.0.1", "port": self.port},
+            "storage": {"root": "var", "min_free_bytes": 1024 * 1024},
+            "grouping": {"series_timeout_s": 5},
+            "audit": {"path": "var/audit/audit.jsonl"},
+            "metrics": {"port": free_port()},
+        }
+        if self.destinations is not None:
+            cfg["destinations"] = self.destinations
+        for key, value in self.extra.items():
+            cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(cfg))
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge_ai", *args, "--config", str(self.config_path)],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def start(self, env: dict[str, str] | None = None, timeout: float = 60) -> NodeProcess:
+        if not self.config_path.exists():
+            self.write_config()
+        self.log_path = self.root / f"node-{int(time.time() * 1000)}.log"
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_ai", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        try:
+            wait_port(self.port, timeout, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n{self.log()}") from exc
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Orthanc:
+    """A real Orthanc PACS on loopback with its own storage, queried over its REST API."""
+
+    root: Path
+    aet: str = "PACS"
+    dicom_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Orthanc:
+        self.root.mkdir(parents=True, exist_ok=True)
+        cfg = {
+            "Name": "edge_ai-test-pacs",
+            "StorageDirectory": str(self.root / "db"),
+            "IndexDirectory": str(self.root / "db"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "SyncStorageArea": True,
+            "Plugins": [],
+            "StableAge": 1,
+        }
+        (self.root / "orthanc.json").write_text(json.dumps(cfg))
+        log = (self.root / "orthanc.log").open("wb")
+        self.proc = subprocess.Popen([ORTHANC, str(self.root / "orthanc.json")], stdout=log,
+                                     stderr=subprocess.STDOUT, env=PEER_ENV)
+        wait_port(self.http_port, 30, self.proc)
+        wait_port(self.dicom_port, 30, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as rsp:  # noqa: S310
+            body = rsp.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def instances_of_modality(self, modality: str) -> list[str]:
+        out = []
+        for series_id in self.get("/series"):
+            series = self.get(f"/series/{series_id}")
+            if series["MainDicomTags"].get("Modality") == modality:
+                out.extend(series["Instances"])
+        return out
+
+    def file(self, instance_id: str) -> bytes:
+        data = self.get(f"/instances/{instance_id}/file")
+        assert isinstance(data, bytes)
+        return data
+
+    def destination(self, name: str = "pacs") -> dict[str, Any]:
+        return {"name": name, "type": "dicom", "ae_title": self.aet, "host": "127.0.0.1", "port": self.dicom_port,
+                "retry": {"attempts": 50, "initial_s": 0.2, "max_s": 2.0}}
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
