@@ -151,6 +151,7 @@ def sr_instance_uid(series_uid: str, source_sop_uids: Sequence[str], fingerprint
 
 
 def device_uid(device: DeviceInfo, uid_root: str) -> str:
+    """Device Observer UID: the configured one, else derived so the node keeps one UID for life."""
     if device.uid:
         return device.uid
     return str(
@@ -195,9 +196,6 @@ def build_sr(
     # arrival order must not change the bytes: evidence is listed in instance order
     sources = sorted(sources, key=lambda s: (int(s.get("InstanceNumber") or 0), str(s.SOPInstanceUID)))
     first = sources[0]
-    series_label = (
-        package.labels["finding"] if "finding" in package.labels else next(iter(package.labels.values()))
-    )
     series_uid = sr_series_uid(first.SeriesInstanceUID, package.name, package.version, uid_root)
     dev_uid = device_uid(device, uid_root)
     fingerprint = _fingerprint(first, result, package, device, dev_uid, series_number, instance_number)
@@ -206,43 +204,12 @@ def build_sr(
     # unchanged result re-issued (e.g. re-processing), which must stay one object in PACS
     listed = predecessor if predecessor and predecessor.sop_instance_uid != sop_uid else None
 
-    algorithm = AlgorithmIdentification(
-        name=package.name,
-        version=package.version,
-        parameters=[f"threshold={result.threshold:.{PROBABILITY_DECIMALS}f}", f"runtime={result.runtime}"],
-    )
-    groups: list[MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations] = [
-        _series_group(result, series_label, algorithm, sop_uid, uid_root)
-    ]
-    for index, finding in enumerate(_sorted_findings(result.findings), start=1):
-        groups.append(
-            _finding_group(
-                finding, index, package, by_uid[finding.sop_instance_uid], algorithm, sop_uid, uid_root
-            )
-        )
-
-    observer = ObserverContext(
-        observer_type=dcm_codes.DCM.Device,
-        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
-            uid=dev_uid,
-            name=device.ae_title,
-            manufacturer_name=device.manufacturer,
-            model_name=device.model_name,
-            serial_number=device.serial_number,
-        ),
-    )
-    report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.procedure_reported(str(first.get("Modality", ""))),
-        imaging_measurements=groups,
-        title=codes.TITLE,
-    )
-    report[0].ContentSequence.append(_document_evaluations(result, series_label, package.disclaimer))
+    content = _content(first, result, package, device, dev_uid, by_uid, sop_uid, uid_root)
 
     when = created or datetime.datetime.now()
     sr = hd.sr.Comprehensive3DSR(
         evidence=[_with_type2_defaults(first), *sources[1:]],
-        content=report[0],
+        content=content,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
@@ -276,6 +243,56 @@ def build_sr(
         if "ContributionDateTime" in equipment:  # highdicom stamps "now"; keep `created` authoritative
             equipment.ContributionDateTime = DT(when)
     return sr
+
+
+def _content(
+    first: Dataset,
+    result: InferenceResult,
+    package: PackageInfo,
+    device: DeviceInfo,
+    dev_uid: str,
+    by_uid: Mapping[str, Dataset],
+    sop_uid: str,
+    uid_root: str,
+) -> Dataset:
+    """The TID 1500 content tree (root container) described in the module docstring."""
+    series_label = (
+        package.labels["finding"] if "finding" in package.labels else next(iter(package.labels.values()))
+    )
+    algorithm = AlgorithmIdentification(
+        name=package.name,
+        version=package.version,
+        parameters=[f"threshold={result.threshold:.{PROBABILITY_DECIMALS}f}", f"runtime={result.runtime}"],
+    )
+    groups: list[MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations] = [
+        _series_group(result, series_label, algorithm, sop_uid, uid_root)
+    ]
+    for index, finding in enumerate(_sorted_findings(result.findings), start=1):
+        groups.append(
+            _finding_group(
+                finding, index, package, by_uid[finding.sop_instance_uid], algorithm, sop_uid, uid_root
+            )
+        )
+
+    observer = ObserverContext(
+        observer_type=dcm_codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=dev_uid,
+            name=device.ae_title,
+            manufacturer_name=device.manufacturer,
+            model_name=device.model_name,
+            serial_number=device.serial_number,
+        ),
+    )
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.procedure_reported(str(first.get("Modality", ""))),
+        imaging_measurements=groups,
+        title=codes.TITLE,
+    )
+    report[0].ContentSequence.append(_document_evaluations(result, series_label, package.disclaimer))
+
+    return report[0]
 
 
 def _check_inputs(
