@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
+_RESERVED = frozenset({"seq", "time", "event", "prev", "hash"})  # the chain's own keys
 
 
 def _canonical(obj: dict[str, Any]) -> bytes:
@@ -37,6 +38,15 @@ class AuditLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 
     def record(self, event: str, **fields: Any) -> None:
+        """Append one line.
+
+        Raises:
+            ValueError: a field would overwrite one of the chain's own keys (the line would not verify).
+            OSError: the line could not be written; nothing of it is left in the file.
+        """
+        clash = _RESERVED.intersection(fields)
+        if clash:
+            raise ValueError(f"audit field names reserved for the chain: {sorted(clash)}")
         with self._lock:
             body: dict[str, Any] = {
                 "seq": self._seq + 1,
@@ -47,8 +57,16 @@ class AuditLog:
             }
             digest = _line_hash(self._prev, body)
             line = _canonical({**body, "hash": digest}) + b"\n"
-            os.write(self._fd, line)
-            os.fsync(self._fd)
+            size = os.fstat(self._fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                os.fsync(self._fd)
+            except BaseException:
+                # a partial line would break the chain for every later line: cut it off again
+                os.ftruncate(self._fd, size)
+                raise
             self._seq += 1
             self._prev = digest
 
