@@ -16,6 +16,7 @@ Typical use::
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,15 @@ def _box_blur(img: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
+def _jitter(rng: np.random.Generator) -> Callable[[float], float]:
+    """j(s): a uniform draw in [-s, s] (small anatomical variation)."""
+
+    def j(s: float) -> float:
+        return float(rng.uniform(-s, s))
+
+    return j
+
+
 def _want_lesion(rng: np.random.Generator, lesion: bool | None) -> bool:
     return bool(rng.random() < 0.5) if lesion is None else lesion
 
@@ -128,7 +138,7 @@ def chest_xray(
         fully inside a lung field, radius 2-8 % of the width.
     """
     x, y = _grid(size)
-    j = lambda s: float(rng.uniform(-s, s))  # noqa: E731 - small jitter helper
+    j = _jitter(rng)
     img = np.full((size, size), 250.0 + j(60), dtype=np.float32)
     body = _ellipse(x, y, 0.5 + j(0.01), 0.56 + j(0.02), 0.46 + j(0.02), 0.55 + j(0.02))
     img[body] = 1900.0 + j(150)
@@ -215,7 +225,7 @@ def ct_volume(
         tissue; `first_slice`..`last_slice` are the slices where it is visible.
     """
     x, y = _grid(size)
-    j = lambda s: float(rng.uniform(-s, s))  # noqa: E731
+    j = _jitter(rng)
     bx, by, bax, bay = 0.5 + j(0.01), 0.52 + j(0.015), 0.42 + j(0.02), 0.31 + j(0.02)
     lung_end = 0.55 + j(0.08)  # z-fraction where the lungs end
     liver_start = 0.35 + j(0.06)

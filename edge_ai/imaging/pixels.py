@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels.processing import apply_modality_lut
 
 from edge_ai.errors import ImagingError
 from edge_ai.inference.package import Preprocessing, Window
@@ -163,7 +163,7 @@ def window(values: np.ndarray, spec: Window, ds: Dataset | None = None, *, frame
         lo = centre_width[0] - centre_width[1] / 2.0
         hi = lo + centre_width[1]
     out = (values.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0)
+    return np.asarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
