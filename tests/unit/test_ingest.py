@@ -1,0 +1,200 @@
+"""edge_ai.spool.ingest: what a C-STORE gets back, and what is on disk and indexed afterwards."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from edge_ai.dicom import status
+from edge_ai.dicom.contexts import CT_IMAGE, DX_PRESENTATION
+from edge_ai.errors import RejectedInstance
+from edge_ai.spool.ingest import Ingest
+from edge_ai.spool.queue import Queue
+from edge_ai.spool.store import Spool
+
+
+def ct_part10(**overrides: object) -> tuple[bytes, bytes, Dataset]:
+    """A small CT image as Part-10 bytes, plus the data set bytes alone (what the SCP hashes)."""
+    ds = Dataset()
+    ds.SOPClassUID = CT_IMAGE
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.PatientID = "ANON"
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.arange(64, dtype=np.uint16).reshape(8, 8).tobytes()
+    for key, value in overrides.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", CT_IMAGE)
+    meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", generate_uid())
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    part10 = buf.getvalue()
+    offset = 132 + 12 + pydicom.dcmread(io.BytesIO(part10)).file_meta.FileMetaInformationGroupLength
+    return part10, part10[offset:], ds
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[Queue]:
+    q = Queue(tmp_path / "queue.sqlite")
+    yield q
+    q.close()
+
+
+@pytest.fixture
+def ingest(spool: Spool, queue: Queue) -> Ingest:
+    return Ingest(spool, queue, min_free_bytes=0)
+
+
+def stored_files(spool: Spool) -> list[Path]:
+    return [p for p in spool.instances.rglob("*") if p.is_file()]
+
+
+def indexed(queue: Queue) -> int:
+    with queue._lock:
+        return int(queue._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+
+def reject(ingest: Ingest, part10: bytes, dataset: bytes | None = None, context: str = CT_IMAGE) -> int:
+    with pytest.raises(RejectedInstance) as info:
+        ingest.store(part10, part10 if dataset is None else dataset, context, "assoc-1")
+    return info.value.status
+
+
+def test_store_keeps_the_received_bytes(ingest: Ingest, spool: Spool, queue: Queue) -> None:
+    """A valid CT instance is stored byte for byte and indexed under its series."""
+    part10, dataset, ds = ct_part10()
+    stored = ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
+    path = Path(stored.ref.path)
+    assert path.read_bytes() == part10
+    assert stored_files(spool) == [path]
+    assert stored.ref.sop_instance_uid == ds.SOPInstanceUID
+    assert stored.ref.series_instance_uid == ds.SeriesInstanceUID
+    assert stored.ref.study_instance_uid == ds.StudyInstanceUID
+    assert stored.ref.size == len(part10)
+    assert stored.modality == "CT"
+    assert not stored.outcome.duplicate
+    assert str(ds.SOPInstanceUID) not in str(path)
+    assert queue.association_released("assoc-1") == 1
+
+
+def test_sop_class_differing_from_context_is_a900(ingest: Ingest, spool: Spool) -> None:
+    """A CT data set sent on a DX presentation context gets 0xA900 and is not kept."""
+    part10, dataset, _ = ct_part10()
+    assert reject(ingest, part10, dataset, context=DX_PRESENTATION) == status.DATASET_MISMATCH == 0xA900
+    assert stored_files(spool) == []
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: os.urandom(2048),
+        lambda b: b"",
+        lambda b: b[:100],  # inside the preamble / file meta
+        lambda b: b[:200],  # inside the data set, before the identifying UIDs are complete
+    ],
+    ids=["random", "empty", "truncated-meta", "truncated-dataset"],
+)
+def test_unparseable_bytes_are_c000(ingest: Ingest, spool: Spool, queue: Queue, mangle: object) -> None:
+    """Bytes that are not a DICOM data set get 0xC000 and nothing is stored or indexed."""
+    part10, _, _ = ct_part10()
+    bad = mangle(part10)  # type: ignore[operator]
+    assert reject(ingest, bad) == status.CANNOT_UNDERSTAND == 0xC000
+    assert stored_files(spool) == [] and indexed(queue) == 0
+
+
+@pytest.mark.parametrize("missing", ["SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID"])
+def test_missing_identifying_uid_is_c000(ingest: Ingest, spool: Spool, queue: Queue, missing: str) -> None:
+    """An instance that cannot be placed in a study and series is refused with 0xC000."""
+    part10, dataset, _ = ct_part10(**{missing: None})
+    assert reject(ingest, part10, dataset) == 0xC000
+    assert stored_files(spool) == [] and indexed(queue) == 0
+
+
+def test_malformed_uid_is_c000(ingest: Ingest, spool: Spool) -> None:
+    """A UID with letters or path characters is refused rather than stored."""
+    part10, dataset, _ = ct_part10(SeriesInstanceUID="1.2.3/../../x")
+    assert reject(ingest, part10, dataset) == 0xC000
+    assert stored_files(spool) == []
+
+
+def test_low_disk_space_is_a700_and_nothing_written(spool: Spool, queue: Queue) -> None:
+    """Below storage.min_free_bytes the C-STORE answers 0xA700 and writes nothing."""
+    ingest = Ingest(spool, queue, min_free_bytes=spool.free_bytes() + 10**12)
+    part10, dataset, _ = ct_part10()
+    assert reject(ingest, part10, dataset) == status.OUT_OF_RESOURCES == 0xA700
+    assert stored_files(spool) == [] and list(spool.tmp.iterdir()) == [] and indexed(queue) == 0
+
+
+def test_disk_full_during_write_is_a700_and_nothing_indexed(
+    ingest: Ingest, spool: Spool, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that hits ENOSPC answers 0xA700; the instance is neither on disk nor in the index."""
+
+    def full(path: Path, chunks: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool, "write", full)
+    part10, dataset, _ = ct_part10()
+    with pytest.raises(RejectedInstance) as info:
+        ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
+    assert info.value.status == 0xA700 and "disk full" in info.value.reason
+    assert stored_files(spool) == [] and indexed(queue) == 0
+
+
+def test_unwritable_spool_is_a700_and_nothing_indexed(ingest: Ingest, spool: Spool, queue: Queue) -> None:
+    """A spool whose instances folder cannot be written (a file in its place) answers 0xA700."""
+    spool.instances.rmdir()
+    spool.instances.write_bytes(b"")
+    part10, dataset, _ = ct_part10()
+    assert reject(ingest, part10, dataset) == 0xA700
+    assert indexed(queue) == 0
+    assert list(spool.tmp.iterdir()) == []
+
+
+def test_same_instance_twice_is_stored_once(ingest: Ingest, spool: Spool, queue: Queue) -> None:
+    """A resend of the same instance is acknowledged but kept and indexed only once."""
+    part10, dataset, _ = ct_part10()
+    first = ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
+    second = ingest.store(part10, dataset, CT_IMAGE, "assoc-2")
+    assert not first.outcome.duplicate and second.outcome.duplicate
+    assert second.ref.path == first.ref.path
+    assert len(stored_files(spool)) == 1 and indexed(queue) == 1
+
+
+def test_same_uid_with_changed_content_is_kept_as_new_version(ingest: Ingest, spool: Spool) -> None:
+    """A corrected resend (same UID, other pixels) is stored beside the first, not over it."""
+    part10, dataset, ds = ct_part10()
+    ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
+    changed, changed_ds, _ = ct_part10(
+        SOPInstanceUID=ds.SOPInstanceUID, StudyInstanceUID=ds.StudyInstanceUID,
+        SeriesInstanceUID=ds.SeriesInstanceUID, PixelData=bytes(128),
+    )
+    second = ingest.store(changed, changed_ds, CT_IMAGE, "assoc-1")
+    assert second.outcome.conflict and not second.outcome.duplicate
+    assert len(stored_files(spool)) == 2
+    assert Path(second.ref.path).read_bytes() == changed
