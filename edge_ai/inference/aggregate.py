@@ -30,6 +30,9 @@ def summarize(package: ModelPackage, runtime: str, images: Sequence[ImageInfo], 
     """
     if len(images) != len(out.probability):
         raise ValueError(f"{len(images)} images but {len(out.probability)} model outputs")
+    if not (np.isfinite(out.probability).all() and np.isfinite(out.box).all()):
+        # NaN compares false both ways: max() and the threshold test would disagree about the series
+        raise ValueError("model returned a non-finite probability or box")
     threshold = package.threshold
     scores = []
     for info, prob, box in zip(images, out.probability, out.box, strict=True):
