@@ -1,0 +1,181 @@
+"""Routing rules pick models and destinations; summarize turns model outputs into the reported result."""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from edge_ai.config import Route, RouteMatch
+from edge_ai.dicom.contexts import CR_IMAGE, CT_IMAGE, DX_PRESENTATION, SECONDARY_CAPTURE
+from edge_ai.grouping.routing import RouteDecision, route
+from edge_ai.inference.aggregate import MAX_FINDINGS, ImageInfo, summarize
+from edge_ai.inference.engine import Outputs
+
+ALL = ["results", "pacs"]
+
+
+def instance(**tags: Any) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = tags.pop("SOPClassUID", CT_IMAGE)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def rule(name: str, model: str, destinations: list[str] | None = None, **match: Any) -> Route:
+    return Route(name=name, match=RouteMatch(**match), model=model, destinations=destinations)
+
+
+RULES = [
+    rule("chest", "chest-xr", Modality=["DX", "CR"], BodyPartExamined=["CHEST"]),
+    rule("ct-lung", "ct-lesion", ["pacs"], Modality=["CT"], SeriesDescription=r"(?i)lung|thorax"),
+    rule("ct-any", "ct-generic", Modality=["CT"]),
+    rule("by-class", "cr-only", SOPClassUID=[CR_IMAGE]),
+]
+
+
+def models(decisions: list[RouteDecision]) -> list[str]:
+    return [d.model for d in decisions]
+
+
+def test_modality_and_body_part_select_the_chest_model() -> None:
+    """A chest DX goes to the chest model; a DX of the knee goes nowhere."""
+    chest = instance(SOPClassUID=DX_PRESENTATION, Modality="DX", BodyPartExamined="CHEST")
+    knee = instance(SOPClassUID=DX_PRESENTATION, Modality="DX", BodyPartExamined="KNEE")
+    assert models(route(RULES, chest, ALL)) == ["chest-xr"]
+    assert route(RULES, knee, ALL) == []
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
+def test_tag_matching_ignores_case_and_padding() -> None:
+    """Lower-case or space-padded tag values still match (modalities differ in what they send)."""
+    ds = instance(SOPClassUID=DX_PRESENTATION, Modality="dx", BodyPartExamined="chest ")
+    assert models(route(RULES, ds, ALL)) == ["chest-xr"]
+
+
+def test_series_description_regex_is_searched() -> None:
+    """A CT whose description mentions the lung also gets the lesion model, sent only to its destinations."""
+    lung = instance(Modality="CT", SeriesDescription="Thorax 1.0 B70f")
+    head = instance(Modality="CT", SeriesDescription="HEAD 5mm")
+    none = instance(Modality="CT")
+    decisions = route(RULES, lung, ALL)
+    assert models(decisions) == ["ct-lesion", "ct-generic"]
+    assert decisions[0] == RouteDecision("ct-lung", "ct-lesion", ("pacs",))
+    assert models(route(RULES, head, ALL)) == ["ct-generic"]
+    assert models(route(RULES, none, ALL)) == ["ct-generic"]
+
+
+def test_sop_class_rule() -> None:
+    """A rule on SOPClassUID picks CR images whatever their other tags."""
+    cr = instance(SOPClassUID=CR_IMAGE, Modality="CR")
+    assert models(route(RULES, cr, ALL)) == ["cr-only"]  # no BodyPartExamined: the chest rule fails
+
+
+def test_rule_without_destinations_sends_to_all() -> None:
+    """A rule that names no destinations sends its SR to every configured destination."""
+    ds = instance(Modality="CT")
+    (decision,) = [d for d in route(RULES, ds, ALL) if d.model == "ct-generic"]
+    assert decision.destinations == ("results", "pacs")
+
+
+def test_one_decision_per_model_first_rule_wins() -> None:
+    """Two rules naming the same model make one SR, with the first matching rule's destinations."""
+    rules = [
+        rule("a", "m", ["pacs"], Modality=["CT"]),
+        rule("b", "m", ["results"], Modality=["CT"]),
+    ]
+    assert route(rules, instance(Modality="CT"), ALL) == [RouteDecision("a", "m", ("pacs",))]
+
+
+@pytest.mark.parametrize("modality", ["OT", "CT", "DX"])
+def test_secondary_capture_is_never_routed(modality: str) -> None:
+    """Secondary Capture is stored but never inferred, even when a rule would match."""
+    ds = instance(SOPClassUID=SECONDARY_CAPTURE, Modality=modality, BodyPartExamined="CHEST")
+    catch_all = [rule("all", "any", None)]
+    assert route(catch_all, ds, ALL) == []
+    assert route(RULES, ds, ALL) == []
+    assert models(route(catch_all, instance(Modality="CT"), ALL)) == ["any"]
+
+
+# ---- summarize -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FakePackage:
+    """summarize reads only these attributes of a ModelPackage."""
+
+    name: str = "demo-chest-xr"
+    version: str = "1.0.0"
+    threshold: float = 0.5
+
+
+def images(n: int, rows: int = 100, columns: int = 200) -> list[ImageInfo]:
+    return [ImageInfo(f"1.2.3.{i}", DX_PRESENTATION, rows, columns) for i in range(n)]
+
+
+def outputs(probs: list[float], boxes: list[list[float]] | None = None) -> Outputs:
+    box = np.array(boxes if boxes is not None else [[0.1, 0.2, 0.3, 0.4]] * len(probs), dtype=np.float32)
+    return Outputs(np.array(probs, dtype=np.float32), box)
+
+
+def test_boxes_are_scaled_to_image_pixels() -> None:
+    """A box in 0..1 of the model input becomes pixel columns/rows of that image."""
+    result = summarize(FakePackage(), "onnxruntime", images(1, rows=100, columns=200), outputs([0.9]))
+    (finding,) = result.findings
+    assert astuple(finding.box) == pytest.approx((20.0, 20.0, 60.0, 40.0))
+    assert result.scores[0].box == finding.box
+
+
+def test_boxes_are_clipped_and_ordered() -> None:
+    """A box outside the image or with swapped corners still lands inside the image, top-left first."""
+    out = outputs([0.9], [[1.5, 0.8, -0.2, 0.1]])
+    (finding,) = summarize(FakePackage(), "onnxruntime", images(1, rows=100, columns=200), out).findings
+    assert astuple(finding.box) == pytest.approx((0.0, 10.0, 200.0, 80.0))
+
+
+def test_series_probability_is_the_maximum() -> None:
+    """The series is as suspicious as its most suspicious image."""
+    result = summarize(FakePackage(threshold=0.95), "onnxruntime", images(3), outputs([0.2, 0.7, 0.4]))
+    assert result.probability == pytest.approx(0.7)
+    assert not result.positive and result.findings == ()
+    assert len(result.scores) == 3  # every image still has its score
+
+
+def test_findings_at_or_above_threshold_sorted_by_probability() -> None:
+    """Images at or above the threshold become findings, most probable first; the rest do not."""
+    result = summarize(FakePackage(threshold=0.5), "onnxruntime", images(4), outputs([0.5, 0.49, 0.8, 0.6]))
+    assert [f.sop_instance_uid for f in result.findings] == ["1.2.3.2", "1.2.3.3", "1.2.3.0"]
+    assert [f.probability for f in result.findings] == pytest.approx([0.8, 0.6, 0.5])
+    assert result.positive and result.threshold == 0.5
+    assert all(f.sop_class_uid == DX_PRESENTATION for f in result.findings)
+    identity = (result.model_name, result.model_version, result.runtime)
+    assert identity == ("demo-chest-xr", "1.0.0", "onnxruntime")
+
+
+def test_findings_capped_at_max_findings_keeping_the_highest() -> None:
+    """A series with many positive images reports only the MAX_FINDINGS most probable."""
+    n = MAX_FINDINGS + 5
+    probs = [0.5 + i / (2 * n) for i in range(n)]
+    result = summarize(FakePackage(), "onnxruntime", images(n), outputs(probs))
+    assert len(result.findings) == MAX_FINDINGS
+    kept = {f.sop_instance_uid for f in result.findings}
+    assert kept == {f"1.2.3.{i}" for i in range(n - MAX_FINDINGS, n)}
+
+
+def test_output_count_must_match_images() -> None:
+    """A model that returns the wrong number of rows is an error, not a silently misaligned report."""
+    with pytest.raises(ValueError, match="2 images but 3"):
+        summarize(FakePackage(), "onnxruntime", images(2), outputs([0.1, 0.2, 0.3]))
+
+
+@pytest.mark.parametrize("bad", ["probability", "box"])
+def test_non_finite_model_output_is_an_error(bad: str) -> None:
+    """A NaN from the model fails the job instead of reporting a series probability of NaN."""
+    probs = [float("nan"), 0.9] if bad == "probability" else [0.1, 0.9]
+    boxes = [[0.1, 0.1, 0.2, 0.2], [0.1, float("inf"), 0.2, 0.2] if bad == "box" else [0.1, 0.1, 0.2, 0.2]]
+    with pytest.raises(ValueError, match="non-finite"):
+        summarize(FakePackage(), "onnxruntime", images(2), outputs(probs, boxes))
