@@ -45,7 +45,10 @@ def load_models(cfg: Config, audit: Any | None = None, log: Any | None = None) -
         try:
             pkg = load_package(ref.path)
             name = pkg.name
-            engine = load_engine(pkg, ref.runtime)
+            engine = load_engine(
+                pkg, ref.runtime, cfg.storage.root / "engines",
+                on_skip=lambda runtime, why, m=pkg.name: _skipped(audit, log, m, runtime, why),
+            )
             ok, detail = self_test(engine)
             if not ok:
                 engine.close()
@@ -65,6 +68,14 @@ def load_models(cfg: Config, audit: Any | None = None, log: Any | None = None) -
         if log:
             log.info("model_loaded", model=pkg.name, version=pkg.version, runtime=engine.runtime)
     return served, checks
+
+
+def _skipped(audit: Any | None, log: Any | None, model: str, runtime: str, why: str) -> None:
+    """`runtime: auto` passed over a runtime: say which and why (e.g. no GPU, engine build failed)."""
+    if audit:
+        audit("model.runtime_skipped", model=model, runtime=runtime, reason=why)
+    if log:
+        log.info("model_runtime_skipped", model=model, runtime=runtime, reason=why)
 
 
 class App:

@@ -69,7 +69,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "model" and args.model_command == "validate":
         return _model_validate(args.path, args.runtime)
     if args.command == "model" and args.model_command == "build-engine":
-        return _build_engine(args.path)
+        return _build_engine(args.path, args.config)
     if args.command == "status":
         return _status(args.config)
     raise AssertionError(args.command)
@@ -136,18 +136,23 @@ def _model_validate(path: Path, runtime: str) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
-def _build_engine(path: Path) -> int:
+def _build_engine(path: Path, config_path: Path | None) -> int:
     from edge_ai.inference.engine import backends
+    from edge_ai.inference.package import load_package
+    from edge_ai.inference.tensorrt import TensorRTBackend
 
-    backend = backends().get("tensorrt")
-    if backend is None:
-        print("edge-ai: cannot build an engine: TensorRT backend is not available in this build", file=sys.stderr)
-        return EXIT_FAIL
+    backend = backends()["tensorrt"]
+    assert isinstance(backend, TensorRTBackend)
     ok, why = backend.available()
     if not ok:
-        print(f"edge-ai: cannot build an engine: {why}", file=sys.stderr)
+        print(f"edge-ai: cannot build a TensorRT engine here: {why}", file=sys.stderr)
         return EXIT_FAIL
-    return EXIT_FAIL
+    cfg = _load(config_path)
+    pkg = load_package(path)
+    key, plan, built = backend.build(pkg, cfg.storage.root / "engines")
+    print(f"{pkg.name} {pkg.version}: engine {'built' if built else 'already cached'} at {plan} "
+          f"({key.gpu_name}, sm {key.compute_capability}, TensorRT {key.tensorrt_version}, {key.precision})")
+    return EXIT_OK
 
 
 def _status(path: Path | None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edge_ai.errors import ModelError
@@ -51,7 +53,7 @@ class OnnxRuntimeBackend:
             return False, "onnxruntime is not installed"
         return True, ""
 
-    def load(self, package: ModelPackage) -> OnnxRuntimeEngine:
+    def load(self, package: ModelPackage, cache_root: Path | None = None) -> OnnxRuntimeEngine:
         return OnnxRuntimeEngine(package)
 
 
