@@ -135,6 +135,7 @@ def test_missing_identifying_uid_is_c000(ingest: Ingest, spool: Spool, queue: Qu
     assert stored_files(spool) == [] and indexed(queue) == 0
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_malformed_uid_is_c000(ingest: Ingest, spool: Spool) -> None:
     """A UID with letters or path characters is refused rather than stored."""
     part10, dataset, _ = ct_part10(SeriesInstanceUID="1.2.3/../../x")
