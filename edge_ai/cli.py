@@ -94,7 +94,7 @@ def _check_config(path: Path | None) -> int:
     for c in checks:
         mark = "ok" if c.ok else "FAILED"
         print(f"model {c.name}: {mark} ({c.runtime + ', ' if c.runtime else ''}{c.detail})")
-    routed = {r.model for r in cfg.routing or []}
+    routed = {m for r in cfg.routing or [] for m in r.model_names}
     missing = sorted(routed - {c.name for c in checks if c.ok})
     failed = [c for c in checks if not c.ok]
     if failed:

@@ -103,11 +103,23 @@ class ModelRef(_Section):
     runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
 
 
+class Range(_Section):
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
 class RouteMatch(_Section):
+    """Every key given must match (and); within a list, any value matches (or)."""
+
     Modality: list[str] | None = None
     BodyPartExamined: list[str] | None = None
     SOPClassUID: list[str] | None = None
     SeriesDescription: str | None = None  # regular expression, searched
+    ImageType: list[str] | None = None  # each value listed must be present, e.g. [ORIGINAL, AXIAL]
+    SliceThickness: Range | None = None  # millimetres, inclusive
 
     @field_validator("SeriesDescription")
     @classmethod
@@ -123,8 +135,19 @@ class RouteMatch(_Section):
 class Route(_Section):
     name: str
     match: RouteMatch
-    model: str
+    model: str | None = None
+    models: list[str] | None = None  # several models for the same series, one SR each
     destinations: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_model_key(self) -> Route:
+        if (self.model is None) == (self.models is None):
+            raise ValueError("give exactly one of model or models")
+        return self
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self.model] if self.model is not None else list(self.models or [])
 
 
 class RetryPolicy(_Section):

@@ -36,8 +36,16 @@ def matches(route: Route, ds: pydicom.Dataset) -> bool:
     ):
         if wanted is not None and not {w.upper() for w in wanted} & set(_values(ds, keyword)):
             return False
-    if m.SeriesDescription is not None:
-        return re.search(m.SeriesDescription, str(ds.get("SeriesDescription", "") or "")) is not None
+    if m.SeriesDescription is not None and not re.search(m.SeriesDescription, str(ds.get("SeriesDescription") or "")):
+        return False
+    if m.ImageType is not None and not {v.upper() for v in m.ImageType} <= set(_values(ds, "ImageType")):
+        return False
+    if m.SliceThickness is not None:
+        try:
+            thickness = float(ds.get("SliceThickness"))
+        except (TypeError, ValueError):
+            return False  # a range cannot match an image that does not state its thickness
+        return m.SliceThickness.contains(thickness)
     return True
 
 
@@ -47,7 +55,9 @@ def route(routes: list[Route], ds: pydicom.Dataset, all_destinations: list[str])
         return []
     decisions: dict[str, RouteDecision] = {}
     for r in routes:
-        if r.model not in decisions and matches(r, ds):
-            dests = tuple(r.destinations) if r.destinations is not None else tuple(all_destinations)
-            decisions[r.model] = RouteDecision(r.name, r.model, dests)
+        if not matches(r, ds):
+            continue
+        dests = tuple(r.destinations) if r.destinations is not None else tuple(all_destinations)
+        for model in r.model_names:
+            decisions.setdefault(model, RouteDecision(r.name, model, dests))
     return list(decisions.values())

@@ -179,3 +179,36 @@ def test_non_finite_model_output_is_an_error(bad: str) -> None:
     boxes = [[0.1, 0.1, 0.2, 0.2], [0.1, float("inf"), 0.2, 0.2] if bad == "box" else [0.1, 0.1, 0.2, 0.2]]
     with pytest.raises(ValueError, match="non-finite"):
         summarize(FakePackage(), "onnxruntime", images(2), outputs(probs, boxes))
+
+
+def test_image_type_and_slice_thickness_ranges_route_ct() -> None:
+    """Thin original axial CT goes to the thin-slice model; thick or derived slices go to the other rule."""
+    rules = [
+        Route(name="thin", match=RouteMatch(Modality=["CT"], ImageType=["ORIGINAL", "AXIAL"],
+                                             SliceThickness={"max": 2.0}), model="ct-thin"),
+        Route(name="thick", match=RouteMatch(Modality=["CT"], SliceThickness={"min": 2.0001}), model="ct-thick"),
+    ]
+    thin = instance(Modality="CT", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"], SliceThickness="1.25")
+    derived = instance(Modality="CT", ImageType=["DERIVED", "SECONDARY", "AXIAL"], SliceThickness="1.25")
+    thick = instance(Modality="CT", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"], SliceThickness="5")
+    unknown = instance(Modality="CT", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
+    assert models(route(rules, thin, ALL)) == ["ct-thin"]
+    assert route(rules, derived, ALL) == []
+    assert models(route(rules, thick, ALL)) == ["ct-thick"]
+    assert route(rules, unknown, ALL) == []
+
+
+def test_one_rule_can_run_several_models() -> None:
+    """A rule with `models` runs each of them on the series, one SR per model."""
+    rules = [Route(name="both", match=RouteMatch(Modality=["CT"]), models=["a", "b"], destinations=["pacs"])]
+    decisions = route(rules, instance(Modality="CT"), ALL)
+    assert models(decisions) == ["a", "b"]
+    assert all(d.destinations == ("pacs",) for d in decisions)
+
+
+def test_rule_needs_exactly_one_of_model_or_models() -> None:
+    """A rule naming neither, or both, model and models is a config error."""
+    with pytest.raises(ValueError, match="exactly one of model or models"):
+        Route(name="x", match=RouteMatch())
+    with pytest.raises(ValueError, match="exactly one of model or models"):
+        Route(name="x", match=RouteMatch(), model="a", models=["b"])
