@@ -11,9 +11,10 @@ from typing import Any
 
 from edge_ai import __version__
 from edge_ai.config import Config
+from edge_ai.config import load as config_load
 from edge_ai.dicom.scp import StorageSCP
 from edge_ai.domain import JobState
-from edge_ai.errors import ModelError
+from edge_ai.errors import ConfigError, ModelError
 from edge_ai.inference.engine import load_engine, self_test
 from edge_ai.inference.package import load_package
 from edge_ai.observability import logging as obs_logging
@@ -86,6 +87,7 @@ class App:
         self._stop = threading.Event()
         self._wake_worker = threading.Event()
         self._wake_outbox = threading.Event()
+        self._reload = threading.Event()
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
         self.audit_log = AuditLog(cfg.audit_path)
@@ -93,15 +95,49 @@ class App:
         self.spool = Spool(root / "spool")
         self.queue = Queue(root / "spool" / "queue.sqlite3", listener=self._on_job_state)
         self.models, self.model_checks = load_models(cfg, self.audit, self.log)
-        dest_names = [d.name for d in cfg.destinations or []]
-        self.pipeline = Pipeline(
-            self.queue, self.spool, self.models, cfg.routing or [], dest_names,
-            DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
-        )
+        self.pipeline = self._make_pipeline(cfg, self.models)
         self.outbox = Outbox(self.queue, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log)
-        self.ingest = Ingest(self.spool, self.queue, cfg.storage.min_free_bytes)
+        self.ingest = Ingest(self.spool, self.queue, cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes)
         self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, on_release=self._wake_worker.set)
         self._threads: list[threading.Thread] = []
+
+    def _make_pipeline(self, cfg: Config, models: dict[str, Served]) -> Pipeline:
+        return Pipeline(
+            self.queue, self.spool, models, cfg.routing or [], [d.name for d in cfg.destinations or []],
+            DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
+        )
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the config and model packages; new work uses the new set.
+
+        The job in flight finishes on the old pipeline; associations are untouched. A config or
+        model that does not validate is refused and the running set keeps serving. `node` and
+        `storage` settings (port, AE title, TLS, spool) take effect only at restart.
+        """
+        assert self.cfg.source is not None
+        try:
+            cfg = config_load(self.cfg.source)
+        except ConfigError as exc:
+            return self._reload_refused(str(exc))
+        models, checks = load_models(cfg, self.audit, self.log)
+        failed = [c for c in checks if not c.ok]
+        missing = sorted({m for r in cfg.routing or [] for m in r.model_names} - set(models))
+        if failed or missing:
+            return self._reload_refused(failed[0].detail if failed else f"routing: model {missing[0]!r} not served")
+        if cfg.node != self.cfg.node or cfg.storage != self.cfg.storage:
+            self.log.warning("reload_partial", detail="node and storage settings take effect at restart")
+            cfg.node, cfg.storage = self.cfg.node, self.cfg.storage
+        self.pipeline = self._make_pipeline(cfg, models)
+        self.outbox.destinations = {d.name: d for d in cfg.destinations or []}
+        self.cfg, self.models, self.model_checks = cfg, models, checks
+        self.audit("config.loaded", path=str(cfg.source), sha256=cfg.sha256, reload=True)
+        self.log.info("config_reloaded", sha256=cfg.sha256, models=sorted(models))
+        return True
+
+    def _reload_refused(self, reason: str) -> bool:
+        self.audit("config.reload_refused", path=str(self.cfg.source), reason=reason)
+        self.log.error("config_reload_refused", reason=reason)
+        return False
 
     def _on_job_state(self, job_id: int, series_uid: str, state: JobState, reason: str) -> None:
         self.audit("job.state", job=job_id, series_uid=series_uid, state=state.value, reason=reason or None)
@@ -120,6 +156,7 @@ class App:
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         self.request_stop()
@@ -150,6 +187,9 @@ class App:
         tick = min(1.0, interval)
         last_watchdog = 0.0
         while not self._stop.wait(tick):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
             self.queue.ready_after_silence(self.cfg.grouping.series_timeout_s)
             now = time.monotonic()
             if now - last_watchdog >= interval and self._healthy():
@@ -185,7 +225,8 @@ class App:
                 self._wake_worker.wait(1.0)
                 self._wake_worker.clear()
                 continue
-            self.pipeline.process(job)
+            pipeline = self.pipeline  # a reload swaps it; this job finishes on the one it started with
+            pipeline.process(job)
 
     def _outbox_loop(self) -> None:
         while not self._stop.is_set():

@@ -51,6 +51,8 @@ class Pipeline:
         audit: Audit,
         log: Any,
         on_stage: Callable[[str, float], None] = lambda stage, seconds: None,
+        on_tensor: Callable[[str, np.ndarray], None] = lambda model, tensor: None,
+        on_error: Callable[[str, str], None] = lambda stage, kind: None,
     ) -> None:
         self.queue = queue
         self.spool = spool
@@ -61,15 +63,19 @@ class Pipeline:
         self.audit = audit
         self.log = log
         self.on_stage = on_stage
+        self.on_tensor = on_tensor  # every preprocessed image, for the drift monitor
+        self.on_error = on_error  # (stage, kind) of every failed job, for the metrics
 
     def process(self, job: Job) -> None:
         """Run one claimed job to `reported` (or `failed` with a reason); never raises."""
         try:
             self._process(job)
         except EdgeAIError as exc:
+            self.on_error(_stage_of(exc), type(exc).__name__)
             self._fail(job, str(exc))
         except Exception as exc:  # the boundary: a bug or bad data fails this job, not the node
             self.log.exception("job_error", job=job.id)
+            self.on_error("pipeline", "internal")
             self._fail(job, f"internal error: {type(exc).__name__}: {exc}")
 
     def _fail(self, job: Job, reason: str) -> None:
@@ -152,6 +158,7 @@ class Pipeline:
                 ds = pydicom.dcmread(ref.path)
                 try:
                     tensors.append(pixels.preprocess(ds, pkg.preprocessing))
+                    self.on_tensor(pkg.name, tensors[-1])
                 except ImagingError as exc:
                     raise ImagingError(f"instance {ref.sop_instance_uid}: {exc}") from exc
                 infos.append(ImageInfo(ref.sop_instance_uid, ref.sop_class_uid, int(header.Rows), int(header.Columns)))
@@ -160,6 +167,15 @@ class Pipeline:
             boxes.append(out.box[: len(tensors)])
         self.on_stage("imaging+inference", time.monotonic() - started)
         return summarize(pkg, engine.runtime, infos, Outputs(np.concatenate(probs), np.concatenate(boxes)))
+
+
+def _stage_of(exc: EdgeAIError) -> str:
+    """The pipeline stage an error belongs to, as the metrics label it."""
+    if isinstance(exc, ImagingError):
+        return "imaging"
+    if isinstance(exc, ModelError):
+        return "inference"
+    return "pipeline"
 
 
 def _padded_size(sizes: list[int], n: int) -> int:
