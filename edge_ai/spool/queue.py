@@ -342,6 +342,12 @@ class Queue:
             self._set_state(db, job_id, JobState.DELIVERED)
 
     # ---- status -------------------------------------------------------------------------------
+    def last_instance_at(self, job_id: int) -> float | None:
+        """When the job's last instance arrived (wall clock): the start of its time-to-result."""
+        with self._lock:
+            row = self._db.execute("SELECT last_instance_at FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else float(row[0])
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()

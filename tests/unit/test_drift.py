@@ -1,0 +1,129 @@
+"""Drift monitor: PSI against the model's reference, one audit event and warning per episode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_ai.inference.package import DriftReference
+from edge_ai.observability.drift import DriftMonitor, image_histogram, psi, reference_from_tensors
+
+EDGES = np.linspace(-2.0, 2.0, 33)
+
+
+def _normal(rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0.0, 0.5, (1, 64, 64)).astype(np.float32)
+
+
+def _shifted(rng: np.random.Generator) -> np.ndarray:
+    return (-0.3 * _normal(rng) + 1.2).astype(np.float32)  # inverted, low contrast, brighter
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        self.events.append((event, fields))
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.events.append((f"log.warning.{event}", fields))
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.events.append((f"log.info.{event}", fields))
+
+    def names(self) -> list[str]:
+        return [e for e, _ in self.events]
+
+
+@pytest.fixture
+def reference() -> DriftReference:
+    rng = np.random.default_rng(1)
+    return DriftReference(**reference_from_tensors([_normal(rng) for _ in range(40)], EDGES))
+
+
+def _monitor(reference: DriftReference, window: int = 10) -> tuple[DriftMonitor, Recorder]:
+    rec = Recorder()
+    return DriftMonitor({"demo": reference, "no-ref": None}, window, 0.25, rec, rec), rec
+
+
+def test_same_population_scores_low(reference: DriftReference) -> None:
+    """Images like the reference keep the score well under the threshold and raise nothing."""
+    monitor, rec = _monitor(reference)
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        monitor.observe("demo", _normal(rng))
+    score = monitor.scores()["demo"]
+    assert score is not None and score < 0.05
+    assert rec.events == []
+
+
+def test_shifted_scanner_raises_one_event_per_episode(reference: DriftReference) -> None:
+    """Ten shifted images after ten normal ones cross the threshold: one audit event, one warning."""
+    monitor, rec = _monitor(reference)
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        monitor.observe("demo", _normal(rng))
+    for _ in range(20):
+        monitor.observe("demo", _shifted(rng))
+    assert rec.names() == ["drift.detected", "log.warning.drift_detected"]
+    fields = rec.events[0][1]
+    assert fields["model"] == "demo" and fields["score"] > 0.25 and fields["window"] == 10
+    state = monitor.states()[0]
+    assert state.drifting and state.episodes == 1
+
+
+def test_episode_ends_and_rearms(reference: DriftReference) -> None:
+    """After the inputs return to normal the episode closes, and a new shift is reported again."""
+    monitor, rec = _monitor(reference)
+    rng = np.random.default_rng(4)
+    for batch in (_shifted, _normal, _shifted):
+        for _ in range(10):
+            monitor.observe("demo", batch(rng))
+    assert rec.names().count("drift.detected") == 2
+    assert "drift.cleared" in rec.names()
+    assert monitor.states()[0].episodes == 2
+
+
+def test_no_score_until_window_full(reference: DriftReference) -> None:
+    """A half-full window exports no score (a few images say nothing about a population)."""
+    monitor, _ = _monitor(reference)
+    rng = np.random.default_rng(5)
+    for _ in range(9):
+        monitor.observe("demo", _shifted(rng))
+    assert monitor.scores() == {"demo": None}
+    assert monitor.states()[0].samples == 9
+
+
+def test_models_without_reference_are_not_monitored(reference: DriftReference) -> None:
+    """A package without `reference:` is skipped, and an unknown model name is ignored."""
+    monitor, _ = _monitor(reference)
+    monitor.observe("no-ref", np.zeros((1, 8, 8)))
+    monitor.observe("unknown", np.zeros((1, 8, 8)))
+    assert monitor.models == ["demo"]
+
+
+def test_psi_properties() -> None:
+    """PSI is 0 for identical distributions, positive otherwise, and finite with empty bins."""
+    e = np.array([0.25, 0.25, 0.5, 0.0])
+    assert psi(e, e) == pytest.approx(0.0, abs=1e-9)
+    assert psi(np.array([0.0, 0.0, 0.0, 1.0]), e) > 1.0
+    assert np.isfinite(psi(np.array([1.0, 0.0, 0.0, 0.0]), e))
+
+
+def test_image_histogram_clips_into_end_bins() -> None:
+    """Values beyond the reference's range count in its first and last bins, so fractions sum to 1."""
+    h = image_histogram(np.array([-10.0, 0.1, 10.0]), np.array([-1.0, 0.0, 1.0]))
+    assert h.tolist() == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_reference_block_matches_model_yaml_schema() -> None:
+    """The recomputed reference validates as a model.yaml `reference:` block."""
+    ref = reference_from_tensors([np.full((1, 4, 4), 0.5)], EDGES)
+    parsed = DriftReference(**ref)
+    assert parsed.mean == 0.5 and parsed.std == 0.0
+    assert sum(parsed.histogram) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no tensors"):
+        reference_from_tensors([], EDGES)
