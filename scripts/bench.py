@@ -1,21 +1,28 @@
 #!/usr/bin/env python3
-"""edge_ai benchmark: DX time-to-result beside DCMTK, measured in the same run.
+"""edge_ai benchmarks, each beside a baseline measured in the same run on the same machine.
 
-Time-to-result = storescu start -> the SR is stored in Orthanc (polled over its REST API).
-Baseline       = storescu start -> storescu exit, sending the same file to DCMTK storescp.
+Sections (default: all):
+  dx      DX time-to-result: storescu start -> SR stored in Orthanc, p50/p99 over --sends sends,
+          beside storescu -> DCMTK storescp for the same file.
+  ingest  A CT series (--ct-slices x 512 x 512) over 1 and 4 associations into DCMTK storescp
+          (no fsync), Orthanc (fsync) and the node (Success only after fsync): instances/s and ratios.
+  ct      CT time-to-result: association release (storescu exit) -> SR stored in Orthanc, and the
+          model's slices/s on this CPU (from the node's audit), with the node's peak RSS.
 
-Usage: python scripts/bench.py [--sends 20] [--dx-size 2048]
-Prints a table; exits 0. Needs DCMTK and Orthanc (make system-deps).
+Usage: python scripts/bench.py [dx ingest ct] [--sends 20] [--dx-size 2048] [--ct-slices 300]
+Needs DCMTK and Orthanc (make system-deps). Prints tables; exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +35,57 @@ from peers import DCMTK, PEER_ENV, NodeProcess, Orthanc, free_port, storescu, wa
 
 from edge_ai import phantoms  # noqa: E402
 
+MAX_PDU = 131072  # the same maximum PDU on every receiver and on storescu
 
-def percentile(values: list[float], q: float) -> float:
+
+def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def table(title: str, header: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+
+
+# ---- receivers -----------------------------------------------------------------------------------
+class Storescp:
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        out = work / f"storescp-{self.port}"
+        out.mkdir()
+        self.proc = subprocess.Popen([str(DCMTK / "storescp"), "-od", str(out), "-aet", "EDGE_AI", "--max-pdu",
+                                      str(MAX_PDU), str(self.port)], env=PEER_ENV,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def start_node(work: Path, name: str, pacs: Orthanc | None = None) -> NodeProcess:
+    node = NodeProcess(work / name, destinations=[pacs.destination()] if pacs else None,
+                       extra={"node": {"max_pdu_length": MAX_PDU}})
+    return node.start()
+
+
+def send_parallel(port: int, files: list[Path], associations: int, called: str) -> float:
+    """Send `files` split over `associations` concurrent storescu processes; returns seconds."""
+    chunks = [files[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(associations) as pool:
+        results = list(pool.map(lambda c: storescu(port, c, called=called, extra=("--max-pdu", str(MAX_PDU))),
+                                chunks))
+    elapsed = time.perf_counter() - start
+    for r in results:
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr[-2000:])
+    return elapsed
+
+
+# ---- data ----------------------------------------------------------------------------------------
 def dx_files(folder: Path, sends: int, size: int) -> list[Path]:
     """One phantom, re-identified per send (new study/series/instance UIDs) so each send is new work."""
     ds, _ = phantoms.dx_case(np.random.default_rng(1), size=size, lesion=True)
@@ -45,70 +98,161 @@ def dx_files(folder: Path, sends: int, size: int) -> list[Path]:
     return paths
 
 
-def bench_storescp(files: list[Path], workdir: Path) -> list[float]:
-    port = free_port()
-    out = workdir / "storescp"
-    out.mkdir()
-    scp = subprocess.Popen([str(DCMTK / "storescp"), "-od", str(out), "-aet", "EDGE_AI", str(port)],
-                           env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        times = []
-        for f in files:
-            start = time.perf_counter()
-            storescu(port, [f])
-            times.append(time.perf_counter() - start)
-        return times
-    finally:
-        scp.terminate()
-        scp.wait()
+def ct_files(folder: Path, slices: int, seed: int = 3) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets, _ = phantoms.ct_case(np.random.default_rng(seed), slices=slices, size=512, lesion=True)
+    paths = []
+    for i, ds in enumerate(datasets):
+        paths.append(folder / f"ct{i:04d}.dcm")
+        phantoms.write_dataset(ds, paths[-1])
+    return paths
 
 
-def bench_node(files: list[Path], workdir: Path) -> list[float]:
-    pacs = Orthanc(workdir / "orthanc").start()
-    node = NodeProcess(workdir / "node", destinations=[pacs.destination()]).start()
+def reidentify(files: list[Path], folder: Path) -> list[Path]:
+    """Copies of a series with new UIDs, so a receiver that deduplicates still stores every instance."""
+    import pydicom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series, out = generate_uid(), []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out.append(folder / f.name)
+        ds.save_as(out[-1], enforce_file_format=True)
+    return out
+
+
+def wait_instances(pacs: Orthanc, more_than: int, timeout: float = 120) -> float:
+    deadline = time.perf_counter() + timeout
+    while pacs.get("/statistics")["CountInstances"] <= more_than:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("nothing new in Orthanc in time")
+        time.sleep(0.005)
+    return time.perf_counter()
+
+
+def peak_rss_mb(node: NodeProcess) -> float:
+    assert node.proc is not None
+    for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---- sections ------------------------------------------------------------------------------------
+def bench_dx(work: Path, sends: int, size: int) -> None:
+    files = dx_files(work, sends, size)
+    scp = Storescp(work)
+    baseline = []
+    for f in files:
+        start = time.perf_counter()
+        storescu(scp.port, [f])
+        baseline.append(time.perf_counter() - start)
+    scp.stop()
+    pacs = Orthanc(work / "orthanc-dx").start()
+    node = start_node(work, "node-dx", pacs)
+    results = []
     try:
-        times = []
         for f in files:
             before = pacs.get("/statistics")["CountInstances"]
             start = time.perf_counter()
-            out = storescu(node.port, [f])
-            if out.returncode != 0:
-                raise RuntimeError(out.stderr)
-            deadline = start + 30
-            while pacs.get("/statistics")["CountInstances"] <= before:
-                if time.perf_counter() > deadline:
-                    raise RuntimeError("no SR in Orthanc within 30 s\n" + node.log())
-                time.sleep(0.005)
-            times.append(time.perf_counter() - start)
-        return times
+            if storescu(node.port, [f]).returncode != 0:
+                raise RuntimeError(node.log())
+            results.append(wait_instances(pacs, before, 30) - start)
     finally:
         node.stop()
         pacs.stop()
+    table(f"DX {size}x{size} ({files[0].stat().st_size / 1e6:.1f} MB), {sends} sends",
+          ("path", "p50 s", "p99 s", "max s"),
+          [("DCMTK storescu -> storescp (stored)", f"{pct(baseline, 50):.3f}", f"{pct(baseline, 99):.3f}",
+            f"{max(baseline):.3f}"),
+           ("edge_ai storescu -> SR in Orthanc", f"{pct(results, 50):.3f}", f"{pct(results, 99):.3f}",
+            f"{max(results):.3f}")])
+    print(f"ratio p50 edge_ai time-to-result / storescp store: {pct(results, 50) / pct(baseline, 50):.1f}x; "
+          f"target p50 <= 0.5 s, p99 <= 1 s: {'met' if pct(results, 50) <= 0.5 and pct(results, 99) <= 1 else 'NOT met'}")
+
+
+def bench_ingest(work: Path, slices: int) -> None:
+    files = ct_files(work / "ct-ingest", slices)
+    rows = []
+    receivers: list[tuple[str, Callable[[], tuple[int, str, Callable[[], None]]]]] = []
+
+    def storescp() -> tuple[int, str, Callable[[], None]]:
+        scp = Storescp(work)
+        return scp.port, "EDGE_AI", scp.stop
+
+    def orthanc() -> tuple[int, str, Callable[[], None]]:
+        pacs = Orthanc(work / f"orthanc-ingest-{time.time_ns()}").start()
+        return pacs.dicom_port, pacs.aet, pacs.stop
+
+    def node() -> tuple[int, str, Callable[[], None]]:
+        n = start_node(work, f"node-ingest-{time.time_ns()}")
+        return n.port, "EDGE_AI", n.stop
+
+    receivers = [("DCMTK storescp (no fsync)", storescp), ("Orthanc (fsync)", orthanc), ("edge_ai (fsync)", node)]
+    rates: dict[tuple[str, int], float] = {}
+    for assocs in (1, 4):
+        for name, make in receivers:
+            port, aet, stop = make()
+            try:
+                batch = reidentify(files, work / f"send-{time.time_ns()}")
+                seconds = send_parallel(port, batch, assocs, aet)
+            finally:
+                stop()
+            rates[(name, assocs)] = len(files) / seconds
+            rows.append((name, assocs, f"{len(files) / seconds:.0f}"))
+    table(f"Ingest: {len(files)} CT slices 512x512 ({sum(f.stat().st_size for f in files) / 1e6:.0f} MB), "
+          f"max PDU {MAX_PDU}", ("receiver", "associations", "instances/s"), rows)
+    for assocs in (1, 4):
+        node_rate = rates[("edge_ai (fsync)", assocs)]
+        print(f"{assocs} assoc: edge_ai/storescp {node_rate / rates[('DCMTK storescp (no fsync)', assocs)]:.2f}x "
+              f"(target >= 0.5x), edge_ai/Orthanc {node_rate / rates[('Orthanc (fsync)', assocs)]:.2f}x "
+              f"(target >= 1.2x)")
+
+
+def bench_ct(work: Path, slices: int) -> None:
+    files = reidentify(ct_files(work / "ct-ttr", slices, seed=5), work / "ct-ttr-send")
+    pacs = Orthanc(work / "orthanc-ct").start()
+    node = start_node(work, "node-ct", pacs)
+    try:
+        before = pacs.get("/statistics")["CountInstances"]
+        start = time.perf_counter()
+        out = storescu(node.port, files, extra=("--max-pdu", str(MAX_PDU)))
+        released = time.perf_counter()
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        done = wait_instances(pacs, before, 300)
+        rss = peak_rss_mb(node)
+        inference = [e for e in node.audit_events() if e["event"] == "inference"][-1]
+    finally:
+        node.stop()
+        pacs.stop()
+    table(f"CT {slices} slices 512x512", ("measure", "value"), [
+        ("send (storescu start -> release)", f"{released - start:.2f} s"),
+        ("release -> SR stored in Orthanc", f"{done - released:.2f} s"),
+        ("inference+imaging (audit)", f"{inference['duration_s']:.2f} s"),
+        ("model slices/s on CPU", f"{slices / inference['duration_s']:.0f}"),
+        ("node peak RSS", f"{rss:.0f} MB"),
+    ])
+    print(json.dumps({"runtime": inference["runtime"], "model": inference["model"]}))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sections", nargs="*", default=["dx", "ingest", "ct"], choices=["dx", "ingest", "ct"])
     parser.add_argument("--sends", type=int, default=20)
     parser.add_argument("--dx-size", type=int, default=2048)
+    parser.add_argument("--ct-slices", type=int, default=300)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edge-ai-bench-") as tmp:
         work = Path(tmp)
-        files = dx_files(work, args.sends, args.dx_size)
-        size_mb = files[0].stat().st_size / 1e6
-        baseline = bench_storescp(files, work)
-        node = bench_node(files, work)
-    rows = [
-        ("DCMTK storescu -> storescp (stored)", baseline),
-        ("edge_ai storescu -> SR in Orthanc", node),
-    ]
-    print(f"\nDX {args.dx_size}x{args.dx_size} ({size_mb:.1f} MB), {args.sends} sends, loopback, TCP_NODELAY=1 for DCMTK")
-    print(f"{'path':40s} {'p50 s':>8s} {'p99 s':>8s} {'max s':>8s}")
-    for name, values in rows:
-        print(f"{name:40s} {percentile(values, 50):8.3f} {percentile(values, 99):8.3f} {max(values):8.3f}")
-    ratio = percentile(node, 50) / percentile(baseline, 50)
-    print(f"ratio p50 time-to-result / storescp store: {ratio:.1f}x   target: edge_ai p50 <= 0.5 s "
-          f"({'met' if percentile(node, 50) <= 0.5 else 'NOT met'})")
+        if "dx" in args.sections:
+            bench_dx(work, args.sends, args.dx_size)
+        if "ingest" in args.sections:
+            bench_ingest(work, args.ct_slices)
+        if "ct" in args.sections:
+            bench_ct(work, args.ct_slices)
     return 0
 
 
