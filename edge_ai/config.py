@@ -43,6 +43,9 @@ class Timeouts(_Section):
     acse: float = Field(30, gt=0, le=600)
     dimse: float = Field(60, gt=0, le=3600)
     network: float = Field(60, gt=0, le=3600)
+    # a peer that sends nothing for this long in the middle of a PDU (or before its first PDU) is dropped
+    socket: float = Field(30, gt=0, le=30)
+    tls_handshake: float = Field(10, gt=0, le=10)
 
 
 class TLS(_Section):
@@ -92,6 +95,8 @@ class Node(_Section):
 class Storage(_Section):
     root: Path = Path("../var")
     min_free_bytes: int = Field(2 * 1024**3, ge=0)
+    # Rows x Columns x Frames x SamplesPerPixel x BitsAllocated/8 above this is refused before any decode
+    max_instance_bytes: int = Field(256 * 1024**2, ge=1024 * 1024, le=16 * 1024**3)
 
 
 class Grouping(_Section):

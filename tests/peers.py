@@ -214,3 +214,83 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
         if time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+# ---- edge conformance and security helpers (issue 3) -------------------------------------------------------
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A test CA with a server certificate (127.0.0.1/localhost) and two client certificates (one from
+    another CA), made with openssl. Keys are unencrypted PEM, as DCMTK and Python read them."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder, timeout=60)
+
+    def ca(name: str) -> None:
+        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2",
+            "-subj", f"/O=edge_ai test/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+    def leaf(name: str, issuer: str, cn: str, ext: str) -> None:
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr", "-subj", f"/O=Radiology/CN={cn}")
+        (folder / f"{name}.ext").write_text(ext)
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{issuer}.crt", "-CAkey", f"{issuer}.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+
+    ca("ca")
+    ca("rogue_ca")
+    leaf("server", "ca", "edge-ai-node",
+         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    leaf("client", "ca", "CT_SCANNER_1", "extendedKeyUsage=clientAuth\n")
+    leaf("rogue", "rogue_ca", "INTRUDER", "extendedKeyUsage=clientAuth\n")
+    return {p.stem + ("_key" if p.suffix == ".key" else ""): p for p in folder.iterdir()
+            if p.suffix in (".crt", ".key")}
+
+
+def tls_args(pki: dict[str, Path], client: str | None = "client") -> tuple[str, ...]:
+    """storescu/echoscu options for TLS to the node, with or without a client certificate."""
+    if client is None:
+        return ("+tla", "+cf", str(pki["ca"]))
+    return ("+tls", str(pki[f"{client}_key"]), str(pki[client]), "+cf", str(pki["ca"]))
+
+
+def vm_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in KiB, from /proc."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def echo_ok(port: int, *extra: str, calling: str = "MODALITY", timeout: float = 30) -> bool:
+    """True when DCMTK echoscu gets Success from the node."""
+    out = dcmtk("echoscu", "-aet", calling, "-aec", "EDGE_AI", "-to", "5", "-ta", "5", "-td", "5", *extra,
+                "127.0.0.1", str(port), timeout=timeout)
+    return out.returncode == 0
+
+
+def associate_rq(calling: str = "MODALITY", called: str = "EDGE_AI",
+                 sop_class: str = "1.2.840.10008.1.1") -> bytes:
+    """An encoded A-ASSOCIATE-RQ PDU proposing one context (Verification by default), for raw-socket tests."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    cx = build_context(sop_class)
+    cx.context_id = 1
+    primitive.presentation_context_definition_list = [cx]
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())

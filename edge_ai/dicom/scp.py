@@ -7,30 +7,29 @@ answers. Every rejection goes to the audit log with its reason; errors become st
 from __future__ import annotations
 
 import itertools
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
 
 from edge_ai.config import Node
 from edge_ai.dicom import status
 from edge_ai.dicom.contexts import STORAGE_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
+from edge_ai.dicom.tls import server_context
+from edge_ai.dicom.transport import NodeServer, Policy, callers_from_config, peer_fields
 from edge_ai.errors import RejectedInstance
 from edge_ai.spool.ingest import Ingest, Stored
 
 Audit = Callable[..., None]
 
-
-class NodeServer(ThreadedAssociationServer):
-    """pynetdicom's server with TCP_NODELAY on every accepted socket (one small PDU per response)."""
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock, address = super().get_request()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock, address
+# A-ASSOCIATE-RJ (result, source, diagnostic) -> what the audit says, and whether it is a security alert
+_REJECTIONS = {
+    (0x01, 0x01, 0x03): ("calling AE title not recognised", True),
+    (0x01, 0x01, 0x07): ("called AE title not recognised", True),
+    (0x02, 0x03, 0x02): ("local limit exceeded: node.max_associations", False),
+    (0x02, 0x02, 0x01): ("user identity not accepted", True),
+}
 
 
 class StorageSCP:
@@ -52,6 +51,8 @@ class StorageSCP:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.server: NodeServer | None = None
+        # built now so a bad certificate, key or CA file fails at start with the key named
+        self.ssl_context = server_context(node.tls) if node.tls.enabled else None
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -62,9 +63,8 @@ class StorageSCP:
         ae.dimse_timeout = self.node.timeouts.dimse
         ae.network_timeout = self.node.timeouts.network
         ae.require_called_aet = True
-        if self.node.allowed_callers:
-            ae.require_calling_aet = [c.ae_title for c in self.node.allowed_callers]
-        else:
+        # calling AE title *and* host are checked together in transport.CallerACSE, not by pynetdicom
+        if not self.node.allowed_callers:
             self.log.warning("allowed_callers_empty", detail="any calling AE title is accepted")
         ae.add_supported_context(VERIFICATION)
         for uid in STORAGE_CLASSES:
@@ -81,8 +81,18 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
+        timeouts = self.node.timeouts
+        policy = Policy(
+            max_pdu_length=self.node.max_pdu_length,
+            socket_timeout=timeouts.socket,
+            handshake_timeout=timeouts.tls_handshake,
+            ssl_context=self.ssl_context,
+            callers=callers_from_config(self.node.allowed_callers),
+            alert=self._transport_alert,
+            max_pending=4 * self.node.max_associations,
+        )
         server = self.ae.make_server(
-            (self.node.host, self.node.port), evt_handlers=handlers, server_class=NodeServer
+            (self.node.host, self.node.port), evt_handlers=handlers, server_class=NodeServer, policy=policy
         )
         thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
         thread.start()
@@ -115,12 +125,13 @@ class StorageSCP:
 
     @staticmethod
     def _peer(assoc: Any) -> dict[str, Any]:
-        req = assoc.requestor
-        return {
-            "calling_ae": str(req.ae_title),
-            "called_ae": str(assoc.acceptor.ae_title),
-            "peer": f"{req.address}:{req.port}",
-        }
+        fields = peer_fields(assoc)
+        fields["called_ae"] = fields["called_ae"] or str(assoc.acceptor.ae_title)
+        return fields
+
+    def _transport_alert(self, event: str, **fields: Any) -> None:
+        self.log.warning(event.replace(".", "_"), **{k: v for k, v in fields.items() if v is not None})
+        self.audit(event, **fields)
 
     def _on_echo(self, event: Any) -> int:
         return status.SUCCESS
@@ -129,6 +140,10 @@ class StorageSCP:
         assoc_id = self._assoc_id(event.assoc)
         request = event.request
         try:
+            affected = str(getattr(request, "AffectedSOPClassUID", "") or "")
+            if affected not in STORAGE_CLASSES:
+                raise RejectedInstance(status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {affected or '(none)'} is "
+                                       "not one this node stores (see docs/conformance.md)")
             stored = self.ingest.store(
                 event.encoded_dataset(),
                 request.DataSet.getvalue(),
@@ -158,6 +173,15 @@ class StorageSCP:
             reopened=outcome.reopened or None,
             **self._peer(event.assoc),
         )
+        if outcome.conflict:
+            self.audit(
+                "instance.conflict",
+                association=assoc_id,
+                sop_instance_uid=ref.sop_instance_uid,
+                sha256=ref.sha256,
+                reason="same SOP Instance UID, different content: kept as a new version",
+                **self._peer(event.assoc),
+            )
         self.on_stored(stored)
         return status.SUCCESS
 
@@ -175,10 +199,21 @@ class StorageSCP:
         )
 
     def _on_accepted(self, event: Any) -> None:
-        self.audit("association.accepted", association=self._assoc_id(event.assoc), **self._peer(event.assoc))
+        refused = sorted({str(cx.abstract_syntax) for cx in event.assoc.rejected_contexts})
+        self.audit("association.accepted", association=self._assoc_id(event.assoc),
+                   rejected_contexts=refused or None, **self._peer(event.assoc))
 
     def _on_rejected(self, event: Any) -> None:
-        self.audit("association.rejected", **self._peer(event.assoc))
+        assoc = event.assoc
+        rj = assoc.acceptor.primitive
+        key = (rj.result, rj.result_source, rj.diagnostic) if rj is not None else (0, 0, 0)
+        what, alert = _REJECTIONS.get(key, (f"result/source/reason {key}", False))
+        reason = getattr(assoc, "_edge_ai_refusal", None) or what
+        fields = {**self._peer(assoc), "result": key[0], "source": key[1], "diagnostic": key[2]}
+        self.audit("association.rejected", reason=reason, **fields)
+        if alert:
+            # PS3.15 A.5.3.11 Security Alert, event type (DCM 110126) Node Authentication
+            self._transport_alert("security.alert", alert="node_authentication", reason=reason, **fields)
 
     def _on_released(self, event: Any) -> None:
         assoc_id = self._assoc_id(event.assoc)

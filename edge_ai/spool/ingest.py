@@ -19,6 +19,8 @@ from edge_ai.spool.store import Spool
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
+_GEOMETRY_TAGS = ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"]
+DEFAULT_MAX_INSTANCE_BYTES = 256 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,12 @@ class Stored:
 
 
 class Ingest:
-    def __init__(self, spool: Spool, queue: Queue, min_free_bytes: int) -> None:
+    def __init__(self, spool: Spool, queue: Queue, min_free_bytes: int,
+                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES) -> None:
         self.spool = spool
         self.queue = queue
         self.min_free_bytes = min_free_bytes
+        self.max_instance_bytes = max_instance_bytes
 
     def store(self, part10: bytes, dataset_bytes: bytes, context_sop_class: str, assoc: str) -> Stored:
         """Store one received instance durably and index it.
@@ -61,7 +65,15 @@ class Ingest:
         if uids["SOPClassUID"] != context_sop_class:
             raise RejectedInstance(
                 status.DATASET_MISMATCH,
-                f"data set SOP class {uids['SOPClassUID']} differs from the presentation context {context_sop_class}",
+                f"data set SOP class {uids['SOPClassUID']} differs from the presentation context "
+                f"{context_sop_class}",
+            )
+        decoded = decoded_size(header)
+        if decoded > self.max_instance_bytes:
+            raise RejectedInstance(
+                status.CANNOT_UNDERSTAND,
+                f"decoded pixel data would be {decoded} bytes, above storage.max_instance_bytes "
+                f"({self.max_instance_bytes})",
             )
         digest = hashlib.sha256(dataset_bytes).hexdigest()
         path = self.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
@@ -95,10 +107,34 @@ def parse_header(part10: bytes) -> pydicom.Dataset:
         RejectedInstance: 0xC000 when the bytes are not a DICOM data set.
     """
     try:
-        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        for key in _HEADER_TAGS:
+        tags = _HEADER_TAGS + _GEOMETRY_TAGS
+        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True, specific_tags=tags)
+        for key in tags:
             ds.get(key)  # force decoding of each element now, inside this try
     except Exception as exc:  # untrusted bytes: any parser failure means "cannot understand"
-        raise RejectedInstance(status.CANNOT_UNDERSTAND, f"not a parseable DICOM data set: {type(exc).__name__}") from exc
+        reason = f"not a parseable DICOM data set: {type(exc).__name__}"
+        raise RejectedInstance(status.CANNOT_UNDERSTAND, reason) from exc
     return ds
 
+
+
+def decoded_size(header: pydicom.Dataset) -> int:
+    """Rows x Columns x Frames x SamplesPerPixel x BitsAllocated/8, from the header alone (0 without pixels).
+
+    Raises:
+        RejectedInstance: 0xC000 when a geometry attribute is not a usable number.
+    """
+    if "Rows" not in header and "Columns" not in header:
+        return 0
+    try:
+        rows = int(header.get("Rows") or 0)
+        cols = int(header.get("Columns") or 0)
+        frames = int(header.get("NumberOfFrames") or 1)
+        samples = int(header.get("SamplesPerPixel") or 1)
+        bits = int(header.get("BitsAllocated") or 8)
+    except (TypeError, ValueError, OverflowError) as exc:
+        reason = f"image geometry is not numeric: {type(exc).__name__}"
+        raise RejectedInstance(status.CANNOT_UNDERSTAND, reason) from exc
+    if min(rows, cols, frames, samples, bits) < 0:
+        raise RejectedInstance(status.CANNOT_UNDERSTAND, "image geometry has a negative value")
+    return rows * cols * frames * samples * ((bits + 7) // 8)
