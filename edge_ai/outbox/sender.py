@@ -28,8 +28,11 @@ def backoff(policy: RetryPolicy, attempt: int, rng: random.Random | None = None)
 
 
 def deliver_to_folder(dest: FolderDestination, source: Path) -> None:
-    """Copy durably as <StudyUID>/<SR SOP Instance UID>.dcm-like hashed names are not needed here:
-    the SR's UIDs are ours, derived deterministically, so a resend overwrites the same file."""
+    """Copy durably to <path>/<Study UID>/<SR SOP Instance UID>.dcm.
+
+    Naming by UID is safe here: these are the SR's own UIDs, derived by edge_ai (digits and dots
+    only), never a peer's. Being deterministic, a resend overwrites the same file.
+    """
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "StudyInstanceUID"])
         target = dest.path / str(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
