@@ -19,13 +19,19 @@ from edge_ai.inference.engine import load_engine, self_test
 from edge_ai.inference.package import load_package
 from edge_ai.observability import logging as obs_logging
 from edge_ai.observability.audit import AuditLog
+from edge_ai.observability.drift import DriftMonitor
+from edge_ai.observability.metrics import Metrics
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
+from edge_ai.service import status as node_status
 from edge_ai.service.systemd import Notifier
 from edge_ai.service.workers import Pipeline, Served
 from edge_ai.spool.ingest import Ingest
-from edge_ai.spool.queue import Queue
+from edge_ai.spool.queue import Delivery, Queue
 from edge_ai.spool.store import Spool
+
+_STOP_BUDGET_S = 8.0  # SIGTERM -> exit, leaving margin under systemd's 10 s
+_DRAIN_S = 4.0  # of which associations in progress may use this much
 
 
 @dataclass(frozen=True)
@@ -91,12 +97,20 @@ class App:
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
         self.audit_log = AuditLog(cfg.audit_path)
-        self.audit = self.audit_log.record
+        self.metrics = Metrics(lambda: self.queue.counts(), root, lambda: self.drift.scores())
+        self.metrics_port: int | None = None
+        self.audit = self._audited
         self.spool = Spool(root / "spool")
         self.queue = Queue(root / "spool" / "queue.sqlite3", listener=self._on_job_state)
         self.models, self.model_checks = load_models(cfg, self.audit, self.log)
+        self.drift = DriftMonitor({}, cfg.drift.window, cfg.drift.threshold, self.audit, self.log)
+        self._models_changed()
         self.pipeline = self._make_pipeline(cfg, self.models)
-        self.outbox = Outbox(self.queue, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log)
+        self.outbox = Outbox(
+            self.queue, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log,
+            on_delivered=self._on_delivered,
+        )
+        self._started_at = time.time()
         self.ingest = Ingest(self.spool, self.queue, cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes)
         self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, on_release=self._wake_worker.set)
         self._threads: list[threading.Thread] = []
@@ -105,7 +119,61 @@ class App:
         return Pipeline(
             self.queue, self.spool, models, cfg.routing or [], [d.name for d in cfg.destinations or []],
             DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
+            on_stage=self.metrics.observe_stage, on_tensor=self._on_tensor,
+            on_error=self.metrics.observe_error,
         )
+
+    # ---- telemetry: metrics, drift, status snapshot ---------------------------------------------
+    def _audited(self, event: str, **fields: Any) -> None:
+        """The audit log's record(), also feeding the metrics: one stream, so the two never disagree."""
+        self.audit_log.record(event, **fields)
+        try:
+            self.metrics.observe_event(event, fields)
+        except Exception:  # metrics must never fail a store, a job or a delivery
+            self.log.exception("metrics_error", audit_event=event)
+
+    def _models_changed(self) -> None:
+        """At start and after a reload: drift references and the metrics' model list follow the served set."""
+        refs = {name: s.engine.package.reference for name, s in self.models.items()}
+        self.drift.set_references(refs, self.cfg.drift.window, self.cfg.drift.threshold)
+        self.metrics.set_models(self._model_versions())
+
+    def _model_versions(self) -> dict[str, tuple[str, str]]:
+        return {name: (s.engine.package.version, s.engine.runtime) for name, s in self.models.items()}
+
+    def _on_tensor(self, model: str, tensor: Any) -> None:
+        try:
+            self.drift.observe(model, tensor)
+        except Exception:  # drift is a side channel: it never fails a job
+            self.log.exception("drift_error", model=model)
+
+    def _on_delivered(self, delivery: Delivery, seconds: float) -> None:
+        self.metrics.observe_stage("delivery", seconds)
+        received = self.queue.last_instance_at(delivery.job_id)
+        if received is not None:
+            self.metrics.observe_time_to_result(delivery.destination, time.time() - received)
+
+    def _start_metrics(self) -> None:
+        m = self.cfg.metrics
+        if not m.enabled or m.port == 0:
+            return
+        try:
+            self.metrics_port = self.metrics.serve(m.host, m.port)
+        except OSError as exc:  # the DICOM service matters more than its metrics: say so, keep serving
+            self.log.error("metrics_unavailable", host=m.host, port=m.port, error=str(exc))
+            return
+        self.log.info("metrics_listening", host=m.host, port=self.metrics_port)
+
+    def _write_status(self) -> None:
+        content = node_status.snapshot(
+            pid=_pid(), version=__version__, started_at=self._started_at, models=self._model_versions(),
+            drift=self.drift.states(), threshold=self.drift.threshold, counts=self.queue.counts(),
+            metrics_port=self.metrics_port,
+        )
+        try:
+            node_status.write(self.cfg.storage.root / node_status.FILENAME, content)
+        except OSError as exc:
+            self.log.warning("status_snapshot_failed", error=str(exc))
 
     def reload(self) -> bool:
         """SIGHUP: re-read the config and model packages; new work uses the new set.
@@ -130,6 +198,7 @@ class App:
         self.pipeline = self._make_pipeline(cfg, models)
         self.outbox.destinations = {d.name: d for d in cfg.destinations or []}
         self.cfg, self.models, self.model_checks = cfg, models, checks
+        self._models_changed()
         self.audit("config.loaded", path=str(cfg.source), sha256=cfg.sha256, reload=True)
         self.log.info("config_reloaded", sha256=cfg.sha256, models=sorted(models))
         return True
@@ -174,6 +243,8 @@ class App:
             self._threads.append(thread)
         self._wake_worker.set()
         self._wake_outbox.set()
+        self._start_metrics()
+        self._write_status()
         self.log.info(
             "node_ready", ae_title=self.cfg.node.ae_title, host=self.cfg.node.host, port=self.scp.port,
             models=sorted(self.models), resumed_jobs=resumed,
@@ -186,6 +257,7 @@ class App:
         interval = self.notifier.watchdog_interval_s or 1.0
         tick = min(1.0, interval)
         last_watchdog = 0.0
+        last_snapshot = time.monotonic()
         while not self._stop.wait(tick):
             if self._reload.is_set():
                 self._reload.clear()
@@ -196,6 +268,9 @@ class App:
                 self.notifier.watchdog()
                 self.notifier.status(self._status_line())
                 last_watchdog = now
+            if now - last_snapshot >= node_status.INTERVAL_S:
+                self._write_status()
+                last_snapshot = now
         return self.shutdown()
 
     def _healthy(self) -> bool:
@@ -203,19 +278,34 @@ class App:
 
     def _status_line(self) -> str:
         counts = self.queue.counts()
-        return f"queue received={counts['received']} ready={counts['ready']} reported={counts['reported']}"
+        return (f"queue received={counts['received']} ready={counts['ready']} inferring={counts['inferring']}"
+                f" reported={counts['reported']} failed={counts['failed']}")
 
     def shutdown(self) -> int:
+        """STOPPING=1; stop accepting; let stores in flight finish; persist. Well inside systemd's 10 s."""
+        deadline = time.monotonic() + _STOP_BUDGET_S
         self.notifier.stopping()
         self.log.info("node_stopping")
         self.request_stop()
+        self._drain_associations(time.monotonic() + _DRAIN_S)
         self.scp.stop()
         for thread in self._threads:
-            thread.join(timeout=8)
+            thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        self.metrics.close()
+        self._write_status()
         self.audit("node.stop", pid=_pid())
         self.queue.close()
         self.audit_log.close()
         return 0
+
+    def _drain_associations(self, until: float) -> None:
+        """Close the listening socket, then give associations in progress until `until` to finish."""
+        server, self.scp.server = self.scp.server, None
+        if server is None:
+            return
+        server.shutdown()  # pynetdicom: stops serve_forever and closes the socket: new callers are refused
+        while self.scp.active() and time.monotonic() < until:
+            time.sleep(0.05)
 
     # ---- loops ---------------------------------------------------------------------------------
     def _worker_loop(self) -> None:

@@ -121,6 +121,22 @@ class DriftMonitor:
             name: _ModelWindow(ref, window) for name, ref in references.items() if ref is not None
         }
 
+    def set_references(
+        self, references: Mapping[str, DriftReference | None], window: int, threshold: float
+    ) -> None:
+        """After a reload: windows of models whose reference and window size are unchanged carry on."""
+        with self._lock:
+            keep = window == self.window
+            models = {}
+            for name, ref in references.items():
+                if ref is None:
+                    continue
+                old = self._models.get(name)
+                models[name] = (
+                    old if keep and old is not None and old.reference == ref else _ModelWindow(ref, window)
+                )
+            self._models, self.window, self.threshold = models, window, threshold
+
     @property
     def models(self) -> list[str]:
         return sorted(self._models)

@@ -66,6 +66,10 @@ class _StateCollector(Collector):
         self.drift_scores = drift_scores
         self.gpu = gpu
 
+    def describe(self) -> list[Metric]:
+        """Nothing up front: collect() reads live state, which may not exist yet at registration."""
+        return []
+
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("edge_ai_jobs", "Jobs in the spool by state", labels=["state"])
         try:

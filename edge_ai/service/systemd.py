@@ -81,7 +81,9 @@ class Notifier:
         self.notify(f"STATUS={status}")
 
     def watchdog(self) -> None:
-        self.notify("WATCHDOG=1")
+        """Keep-alive; only when systemd asked this process for one (WATCHDOG_USEC, WATCHDOG_PID)."""
+        if self.watchdog_interval_s is not None:
+            self.notify("WATCHDOG=1")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=stopping")

@@ -35,7 +35,7 @@ def test_datagram_fallback_sends_ready_status_and_mainpid(notify_socket: socket.
 
 def test_stopping_and_watchdog_fields(notify_socket: socket.socket) -> None:
     """STOPPING=1 and WATCHDOG=1 arrive as systemd expects them."""
-    notifier = Notifier({"NOTIFY_SOCKET": notify_socket.getsockname()})
+    notifier = Notifier({"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "1000000"})
     notifier.watchdog()
     assert _received(notify_socket) == ["WATCHDOG=1"]
     notifier.stopping()

@@ -127,3 +127,15 @@ def test_reference_block_matches_model_yaml_schema() -> None:
     assert sum(parsed.histogram) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no tensors"):
         reference_from_tensors([], EDGES)
+
+
+def test_reload_keeps_windows_of_unchanged_models(reference: DriftReference) -> None:
+    """A config reload keeps the rolling window of a model whose reference did not change."""
+    monitor, _ = _monitor(reference)
+    rng = np.random.default_rng(6)
+    for _ in range(4):
+        monitor.observe("demo", _normal(rng))
+    monitor.set_references({"demo": reference, "other": reference}, 10, 0.3)
+    assert [(s.model, s.samples) for s in monitor.states()] == [("demo", 4), ("other", 0)]
+    monitor.set_references({"demo": reference}, 20, 0.3)
+    assert monitor.states()[0].samples == 0 and monitor.window == 20
