@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,6 +155,7 @@ def _build_engine(path: Path, config_path: Path | None) -> int:
 
 
 def _status(path: Path | None) -> int:
+    from edge_ai.service import status as node_status
     from edge_ai.spool.queue import Queue
 
     cfg = _load(path)
@@ -179,8 +179,12 @@ def _status(path: Path | None) -> int:
             print(f"  {d['destination']}: SR {d['sop_instance_uid']} after {d['attempts']} attempts: {d['reason']}")
         for f in queue.failed_jobs():
             print(f"failed job {f['id']} series {f['series_uid']}: {f['reason']}")
-        if "--json" in sys.argv:
-            print(json.dumps({"counts": counts}))
     finally:
         queue.close()
+    # runtime and drift per model: only the running node knows them; it leaves a snapshot every few seconds
+    snapshot = node_status.read(cfg.storage.root / node_status.FILENAME)
+    if snapshot is None:
+        print("models: no status snapshot (the node has not run with this config)")
+    else:
+        print("\n".join(node_status.render_models(snapshot)))
     return EXIT_OK
