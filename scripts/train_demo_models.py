@@ -356,7 +356,7 @@ def write_package(
                 "meaning": "x0, y0, x1, y1 of the most likely finding, 0..1 of the input [N, 4]",
             },
         },
-        "labels": spec.label,
+        "labels": {"finding": spec.label},
         "thresholds": {"finding": round(threshold, 4)},
         "reference": ref,
         "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
@@ -375,7 +375,10 @@ def _flatten(cases: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
     return xs, ts
 
 
-def build(spec: Spec, fn_train: Callable[[int], Any], fn_eval: Callable[[int], Any]) -> dict[str, Any]:
+def build(
+    spec: Spec, fn_train: Callable[[int], Any], fn_eval: Callable[[int], Any], *, package_only: bool = False
+) -> dict[str, Any]:
+    """Train + export (unless package_only: re-evaluate the existing model.onnx), then package."""
     print(f"== {spec.name}")
     folder = ROOT / "edge_ai" / "models" / spec.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -383,8 +386,9 @@ def build(spec: Spec, fn_train: Callable[[int], Any], fn_eval: Callable[[int], A
     val = load_cases(spec.folder + "_val", fn_eval, spec.val_seeds)
     test = load_cases(spec.folder + "_test", fn_eval, spec.test_seeds)
     print(f"  train inputs {xs.shape}, positives {int(ts[:, 0].sum())}")
-    model = train(spec, xs, ts, seed=1234)
-    export(model, spec, folder / "model.onnx")
+    if not package_only:
+        model = train(spec, xs, ts, seed=1234)
+        export(model, spec, folder / "model.onnx")
     batch = max(spec.batch_sizes)
     series = spec.task == "series-detection"
 
@@ -498,12 +502,14 @@ selftest.npz and this README. Not for diagnostic use.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["dx", "ct", "all"], default="all")
+    ap.add_argument(
+        "--package-only", action="store_true", help="skip training: re-evaluate and re-package model.onnx"
+    )
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.model in ("dx", "all"):
-        build(DX, _dx_case, _dx_case)
+        build(DX, _dx_case, _dx_case, package_only=args.package_only)
     if args.model in ("ct", "all"):
-        build(CT, _ct_train, _ct_eval)
+        build(CT, _ct_train, _ct_eval, package_only=args.package_only)
 
 
 if __name__ == "__main__":
