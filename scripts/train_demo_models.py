@@ -455,6 +455,14 @@ def write_readme(spec: Spec, folder: Path, res: dict[str, Any]) -> None:
     )
     rows = [f"| {k.replace('_', ' ')} | {v} |" for k, v in res.items()]
     code = spec.label["finding"]
+    below = [k for k, v in res.items() if ("auc" in k and v < 0.95) or ("in_lesion" in k and v < 0.9)]
+    shortfall = (
+        f"**Below target: {', '.join(below)}.** The heat map has one cell per {spec.stride} input pixels and "
+        "no sub-cell offset, so small lesions (radius under ~1 cell) are often missed by the box centre "
+        "even when detected; a finer heat map or an offset head would fix it.\n"
+        if below
+        else ""
+    )
     what = (
         "axial CT slices; series probability = highest slice probability"
         if series
@@ -486,7 +494,7 @@ figures below on test seeds {spec.test_seeds.start}..{spec.test_seeds.stop - 1} 
 {chr(10).join(rows)}
 
 Targets were AUC >= 0.95 and box centre inside the lesion for >= 90 % of true positives.
-These figures say nothing about real patients: the phantoms are simple geometric shapes.
+{shortfall}These figures say nothing about real patients: the phantoms are simple geometric shapes.
 
 ## Retrain
 ```
