@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-DEBS   := dcmtk orthanc dicom3tools
+DEBS   := dcmtk orthanc dicom3tools systemd
 
 .PHONY: serve test lint system-deps clean
 
@@ -13,9 +13,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# DCMTK (storescu/echoscu/storescp), Orthanc (a real PACS) and dciodvfy are the tests' peers.
+# DCMTK (storescu/echoscu/storescp), Orthanc (a real PACS) and dciodvfy are the tests' peers;
+# systemd provides systemd-analyze, which gates the hardened unit (tests/system/test_deploy.py).
 system-deps:
-	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/dciodvfy ]; then \
+	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/dciodvfy ] \
+	  || [ ! -x /usr/bin/systemd-analyze ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	fi
 
