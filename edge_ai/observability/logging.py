@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -44,7 +44,7 @@ _FIELD_RE = re.compile(r"[^A-Z0-9_]")
 JournalSend = Callable[..., Any]
 
 
-def _drop_phi(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _drop_phi(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in _PHI_KEYS & event.keys():
         event[key] = "[removed]"
     return event
@@ -72,7 +72,7 @@ class JournalRenderer:
     def __init__(self, send: JournalSend) -> None:
         self._send = send
 
-    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> Any:
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
         fields = dict(event)
         name = str(fields.pop("event", ""))
         level = str(fields.pop("level", "info"))
