@@ -139,3 +139,32 @@ def test_reload_keeps_windows_of_unchanged_models(reference: DriftReference) -> 
     assert [(s.model, s.samples) for s in monitor.states()] == [("demo", 4), ("other", 0)]
     monitor.set_references({"demo": reference}, 20, 0.3)
     assert monitor.states()[0].samples == 0 and monitor.window == 20
+
+
+def test_shipped_chest_reference_tells_a_shifted_scanner_apart() -> None:
+    """Against the demo chest model's reference, normal phantoms score low, inverted dim ones high."""
+    from pathlib import Path
+
+    from edge_ai import phantoms
+    from edge_ai.imaging import pixels
+    from edge_ai.inference.package import load_package
+
+    folder = Path(__file__).resolve().parents[2] / "edge_ai" / "models" / "demo_chest_xr"
+    if not (folder / "model.yaml").exists():
+        pytest.skip("demo chest package not built in this checkout")
+    pkg = load_package(folder, verify_hash=False)
+    assert pkg.reference is not None
+    edges, expected = np.asarray(pkg.reference.histogram_edges), np.asarray(pkg.reference.histogram)
+
+    def window(seeds: range, shifted: bool) -> float:
+        hists = []
+        for seed in seeds:
+            ds, _ = phantoms.dx_case(np.random.default_rng(seed), size=256, lesion=False)
+            if shifted:
+                raw = ds.pixel_array.astype(np.float32)
+                top = float(raw.max())
+                ds = phantoms.dx_dataset(np.clip((top - raw) * 0.3 + 0.35 * top, 0, 4095).astype(np.uint16))
+            hists.append(image_histogram(pixels.preprocess(ds, pkg.preprocessing), edges))
+        return psi(np.mean(hists, axis=0), expected)
+
+    assert window(range(200, 210), shifted=False) < 0.25 < window(range(300, 310), shifted=True)
