@@ -294,3 +294,48 @@ def associate_rq(calling: str = "MODALITY", called: str = "EDGE_AI",
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())
+
+
+def raw_c_store(port: int, context_sop_class: str, transfer_syntax: str, affected_sop_class: str,
+                sop_instance_uid: str, data: bytes, calling: str = "MODALITY") -> int | None:
+    """Send one C-STORE whose command and data set bytes are exactly what the test says (what a broken or
+    hostile modality might send), over a context of `context_sop_class`; returns the status or None."""
+    import io as _io
+
+    from pynetdicom import AE
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+    ae.add_requested_context(context_sop_class, [transfer_syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGE_AI")
+    if not assoc.is_established:
+        return None
+    try:
+        req = C_STORE()
+        req.MessageID = 1
+        req.AffectedSOPClassUID = affected_sop_class
+        req.AffectedSOPInstanceUID = sop_instance_uid
+        req.Priority = 2
+        req.DataSet = _io.BytesIO(data)
+        context_id = assoc.accepted_contexts[0].context_id
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        assoc.dimse.send_msg(req, context_id)
+        _, rsp = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()
+        return None if rsp is None else int(rsp.Status)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a Part-10 file as stored in it (after preamble and file meta)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with path.open("rb") as f:
+        read_preamble(f, False)
+        _read_file_meta_info(f)
+        return f.read()

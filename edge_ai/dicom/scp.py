@@ -57,7 +57,8 @@ class StorageSCP:
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.node.ae_title)
-        ae.maximum_associations = self.node.max_associations
+        # counted by transport.Policy.admit (pynetdicom's count includes requests still negotiating)
+        ae.maximum_associations = 1_000_000
         ae.maximum_pdu_size = self.node.max_pdu_length
         ae.acse_timeout = self.node.timeouts.acse
         ae.dimse_timeout = self.node.timeouts.dimse
@@ -89,7 +90,8 @@ class StorageSCP:
             ssl_context=self.ssl_context,
             callers=callers_from_config(self.node.allowed_callers),
             alert=self._transport_alert,
-            max_pending=4 * self.node.max_associations,
+            max_associations=self.node.max_associations,
+            max_connections=4 * self.node.max_associations,
         )
         server = self.ae.make_server(
             (self.node.host, self.node.port), evt_handlers=handlers, server_class=NodeServer, policy=policy

@@ -42,6 +42,7 @@ from edge_ai.dicom.tls import peer_identity
 CONTROL_PDU_LIMIT = 1024 * 1024
 _P_DATA_TF = 0x04
 _PDU_TYPES = frozenset(range(1, 8))
+_RJ_LOCAL_LIMIT = bytes([0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02])
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Alert = Callable[..., None]  # (event, **fields) -> None: the audit, for transport-level events
@@ -63,9 +64,25 @@ class Policy:
     ssl_context: ssl.SSLContext | None
     callers: list[Caller]
     alert: Alert
-    max_pending: int = 64  # connections in handshake or waiting for their first PDU
+    max_associations: int = 16
+    # connections in their handshake or waiting for their first PDU, and live association threads, each
+    max_connections: int = 64
     _pending: int = field(default=0, repr=False)
+    _admitted: list[Association] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def admit(self, assoc: Association) -> bool:
+        """Take one of `max_associations` slots, held until the association's thread ends.
+
+        pynetdicom's own check counts every acceptor thread, including those still negotiating, so
+        in a burst every request sees the limit exceeded and nobody is served; slots are counted here.
+        """
+        with self._lock:
+            self._admitted = [a for a in self._admitted if a.is_alive()]
+            if len(self._admitted) >= self.max_associations:
+                return False
+            self._admitted.append(assoc)
+            return True
 
     def caller_allowed(self, ae_title: str, host: str) -> str | None:
         """None when allowed, else why not (for the audit)."""
@@ -87,7 +104,7 @@ class Policy:
 
     def try_pending(self) -> bool:
         with self._lock:
-            if self._pending >= self.max_pending:
+            if self._pending >= self.max_connections:
                 return False
             self._pending += 1
             return True
@@ -103,6 +120,18 @@ def callers_from_config(allowed: list[Any]) -> list[Caller]:
     ]
 
 
+def refuse(sock: socket.socket) -> None:
+    """A-ASSOCIATE-RJ (transient, local limit exceeded) without an Association: read what the peer sent
+    (at most 1 s, 64 KiB, so closing does not reset the connection before the answer is read), answer."""
+    with contextlib.suppress(OSError):
+        sock.settimeout(1.0)
+        sock.recv(65536)
+        sock.sendall(_RJ_LOCAL_LIMIT)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)
+    sock.close()
+
+
 def close_quietly(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
@@ -115,6 +144,7 @@ class BoundedDUL(DULServiceProvider):
     def __init__(self, assoc: Association, policy: Policy) -> None:
         super().__init__(assoc)
         self.policy = policy
+        self._got_request = False
 
     def _recv_exact(self, n: int) -> bytearray | None:
         """n bytes, or None when the peer closed, stalled past the socket timeout or errored."""
@@ -140,27 +170,39 @@ class BoundedDUL(DULServiceProvider):
     def _limit(self, pdu_type: int) -> int:
         return self.policy.max_pdu_length if pdu_type == _P_DATA_TF else CONTROL_PDU_LIMIT
 
+    def _end(self, event: str | None) -> None:
+        """Queue the terminal event; before any A-ASSOCIATE-RQ also wake the acceptor reactor at once.
+
+        Stock pynetdicom leaves the Association thread waiting `acse_timeout` for a request that can no
+        longer come, holding a `max_associations` slot; None is what its own timeout path receives.
+        """
+        if event is not None:
+            self.event_queue.put(event)
+        if not self._got_request:
+            self.to_user_queue.put(None)  # type: ignore[arg-type]
+
     def _read_pdu_data(self) -> None:
         header = self._recv_exact(6)
         if header is None:
-            self.event_queue.put("Evt17")  # transport connection closed
+            self._end("Evt17")  # transport connection closed
             return
         pdu_type, _, length = struct.unpack(">BBL", header)
         if pdu_type not in _PDU_TYPES:
-            self.event_queue.put("Evt19")  # unrecognised PDU: A-ABORT by the state machine
+            self._end("Evt19")  # unrecognised PDU: A-ABORT by the state machine
             return
         if length > self._limit(pdu_type):
             self._abort_oversized(pdu_type, length)
             return
         body = self._recv_exact(length)
         if body is None:
-            self.event_queue.put("Evt17")
+            self._end("Evt17")
             return
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception:  # untrusted bytes: any decoder failure is an invalid PDU
-            self.event_queue.put("Evt19")
+            self._end("Evt19")
             return
+        self._got_request = self._got_request or pdu_type == 0x01
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
 
@@ -178,6 +220,7 @@ class BoundedDUL(DULServiceProvider):
         assert self.socket is not None and self.socket.socket is not None
         with contextlib.suppress(OSError):
             self.socket.socket.sendall(abort.encode())
+        self._end(None)
         self.socket.close()  # Evt17: the state machine ends the association
 
 
@@ -195,11 +238,17 @@ class CallerACSE(ACSE):
         refusal = self.policy.caller_allowed(str(rq.calling_ae_title), self.requestor.address)
         if refusal is not None:
             self.assoc._edge_ai_refusal = refusal  # type: ignore[attr-defined]
-            self.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
-            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-            self.assoc.kill()
+            self._reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
+            return
+        if not self.policy.admit(self.assoc):
+            self._reject(0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit
             return
         super()._negotiate_as_acceptor()
+
+    def _reject(self, result: int, source: int, diagnostic: int) -> None:
+        self.send_reject(result, source, diagnostic)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
 
 
 def peer_fields(assoc: Any) -> dict[str, Any]:
@@ -223,13 +272,20 @@ class NodeRequestHandler(RequestHandler):
         if not policy.try_pending():
             policy.alert("connection.dropped", peer=peer,
                          reason="too many connections awaiting their first PDU")
-            close_quietly(self.request)
+            # a plain peer gets a DICOM answer; a TLS peer cannot read one before its handshake
+            (close_quietly if policy.ssl_context is not None else refuse)(self.request)
             return
         try:
             sock = self._prepare(self.request, peer)
         finally:
             policy.done_pending()
         if sock is None:
+            return
+        if len(self.server.active_associations) >= policy.max_connections:
+            # no thread for it: A-ASSOCIATE-RJ (transient, service-provider presentation, local limit)
+            policy.alert("association.rejected", peer=peer, reason="too many open connections",
+                         result=2, source=3, diagnostic=2)
+            refuse(sock)
             return
         self.request = sock
         assoc = self._create_association()
@@ -293,6 +349,7 @@ class NodeServer(ThreadedAssociationServer):
     """Accept loop that only accepts: TLS and everything slow happen in the connection's thread."""
 
     daemon_threads = True  # a connection stuck in its handshake never holds up shutdown
+    request_queue_size = 128  # socketserver's 5 makes the kernel drop SYNs in a burst (1 s+ retries)
 
     def __init__(self, *args: Any, policy: Policy, **kwargs: Any) -> None:
         self.policy = policy
