@@ -457,9 +457,11 @@ def write_readme(spec: Spec, folder: Path, res: dict[str, Any]) -> None:
     code = spec.label["finding"]
     below = [k for k, v in res.items() if ("auc" in k and v < 0.95) or ("in_lesion" in k and v < 0.9)]
     shortfall = (
-        f"**Below target: {', '.join(below)}.** The heat map has one cell per {spec.stride} input pixels and "
-        "no sub-cell offset, so small lesions (radius under ~1 cell) are often missed by the box centre "
-        "even when detected; a finer heat map or an offset head would fix it.\n"
+        f"**Below target: {', '.join(below)}.** Detection works but the box does not: the in-graph "
+        "soft-argmax over the whole heat map is pulled off the lesion by background mass and by spurious "
+        "peaks elsewhere (seen outside the body on CT; likely from the dilated convolutions), and the heat "
+        f"map has one cell per {spec.stride} input pixels with no sub-cell offset. Do not use these boxes; "
+        "a local (argmax-window) reduction, a penalty on off-lesion peaks and an offset head are the fixes.\n"
         if below
         else ""
     )
