@@ -43,7 +43,9 @@ class ModelCheck:
     runtime: str = ""
 
 
-def load_models(cfg: Config, audit: Any | None = None, log: Any | None = None) -> tuple[dict[str, Served], list[ModelCheck]]:
+def load_models(
+    cfg: Config, audit: Any | None = None, log: Any | None = None
+) -> tuple[dict[str, Served], list[ModelCheck]]:
     """Hash-check, load and self-test every configured model; only passing ones are served."""
     served: dict[str, Served] = {}
     checks: list[ModelCheck] = []

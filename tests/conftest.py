@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from peers import DCIODVFY, DCMTK, ORTHANC, NodeProcess, Orthanc
 
 # Outside CI a missing peer skips; in CI (CI=true) it fails, so a missing install step shows.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ Destination = FolderDestination | DicomDestination
 def backoff(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt number `attempt` (1-based): doubling, capped, +-20 % jitter."""
     base = min(policy.max_s, policy.initial_s * (2 ** (attempt - 1)))
-    jitter = (rng or random).uniform(0.8, 1.2)  # noqa: S311 (spreading retries, not security)
+    jitter = (rng or random).uniform(0.8, 1.2)
     return float(min(policy.max_s, base * jitter))
 
 

@@ -52,7 +52,7 @@ def test_echo_to_wrong_called_ae_is_rejected(node_factory: Any) -> None:
 def test_dx_gives_sr_in_results_folder(node_factory: Any, tmp_path: Path) -> None:
     """A DX pushed by storescu comes back as a valid SR in the default results folder."""
     node = node_factory().start()
-    ds, truth = phantoms.dx_case(np.random.default_rng(7), lesion=True)
+    ds, _ = phantoms.dx_case(np.random.default_rng(7), lesion=True)
     files = _write([ds], tmp_path / "dx")
     sent = time.monotonic()
     out = storescu(node.port, files)

@@ -71,7 +71,7 @@ def test_profile_spans_package_batch_sizes(tmp_path: Path) -> None:
     pkg = load_package(make_package(tmp_path / "m", size=32, batch_sizes=(8, 1, 16)))
     assert profile_shapes(pkg) == ((1, 1, 32, 32), (16, 1, 32, 32), (16, 1, 32, 32))
     check_batch(pkg, np.zeros((16, 1, 32, 32), np.float32))
-    with pytest.raises(ModelError, match="outside 1..16"):
+    with pytest.raises(ModelError, match=r"outside 1\.\.16"):
         check_batch(pkg, np.zeros((17, 1, 32, 32), np.float32))
     with pytest.raises(ModelError, match="expected"):
         check_batch(pkg, np.zeros((2, 1, 64, 64), np.float32))
