@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
@@ -54,10 +55,8 @@ def load_models(
         try:
             pkg = load_package(ref.path)
             name = pkg.name
-            engine = load_engine(
-                pkg, ref.runtime, cfg.storage.root / "engines",
-                on_skip=lambda runtime, why, m=pkg.name: _skipped(audit, log, m, runtime, why),
-            )
+            engine = load_engine(pkg, ref.runtime, cfg.storage.root / "engines",
+                                 on_skip=functools.partial(_skipped, audit, log, pkg.name))
             ok, detail = self_test(engine)
             if not ok:
                 engine.close()

@@ -101,7 +101,7 @@ class PinnedArray:
         self.shape = shape
         self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
         self.ptr = int(check("cudaMallocHost", cudart().cudaMallocHost(max(self.nbytes, 1))))
-        raw = (ctypes.c_byte * self.nbytes).from_address(self.ptr)
+        raw = memoryview((ctypes.c_byte * self.nbytes).from_address(self.ptr)).cast("B")
         self.array: np.ndarray = np.frombuffer(raw, dtype=self.dtype).reshape(shape)
 
     def close(self) -> None:

@@ -121,7 +121,7 @@ class TensorRTEngine:
         if self._engine is None:
             raise ModelError(f"model {package.name}: TensorRT could not deserialize the cached plan")
         self._input = package.input.name
-        self._outputs = {k: v.name for k, v in package.outputs.items()}
+        self._outputs: dict[str, str] = {k: v.name for k, v in package.outputs.items()}
         self._local = threading.local()
         self._all: list[_Context] = []
         self._lock = threading.Lock()

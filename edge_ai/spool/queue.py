@@ -237,7 +237,8 @@ class Queue:
             if row is None:
                 return None
             self._set_state(db, row[0], JobState.INFERRING)
-        return Job(*row, state=JobState.INFERRING)
+        job_id, series_id, series_uid, study_uid, modality, generation = row
+        return Job(job_id, series_id, series_uid, study_uid, modality, generation, JobState.INFERRING)
 
     def series_instances(self, series_id: int) -> list[InstanceRef]:
         """The latest version of every instance of the series, in arrival order."""
@@ -299,7 +300,7 @@ class Queue:
     def next_delivery_at(self) -> float | None:
         with self._lock:
             row = self._db.execute("SELECT MIN(next_at) FROM deliveries WHERE state='pending'").fetchone()
-        return row[0]
+        return None if row[0] is None else float(row[0])
 
     def delivery_done(self, delivery: Delivery) -> None:
         self._finish_delivery(delivery, "delivered", "")
