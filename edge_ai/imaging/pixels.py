@@ -83,7 +83,11 @@ def decode(ds: Dataset, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     _check_geometry(ds, max_pixels)
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for bad data; all mean "cannot decode"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    # pydicom raises many types for bad data; all mean "cannot decode". BaseException: the Rust RLE
+    # decoder (pylibjpeg-rle) panics on corrupt segments, and pyo3's PanicException is not an Exception.
+    except BaseException as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
         raise ImagingError(f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc

@@ -56,25 +56,7 @@ class Ingest:
             raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool unavailable: {exc.strerror}") from exc
         if free < self.min_free_bytes + len(part10):
             raise RejectedInstance(status.OUT_OF_RESOURCES, f"free space {free} below storage.min_free_bytes")
-        header = parse_header(part10)
-        uids = {k: str(header.get(k, "") or "") for k in _HEADER_TAGS}
-        for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            value = uids[key]
-            if not value or len(value) > 64 or not _UID_RE.match(value):
-                raise RejectedInstance(status.CANNOT_UNDERSTAND, f"{key} missing or not a valid UID")
-        if uids["SOPClassUID"] != context_sop_class:
-            raise RejectedInstance(
-                status.DATASET_MISMATCH,
-                f"data set SOP class {uids['SOPClassUID']} differs from the presentation context "
-                f"{context_sop_class}",
-            )
-        decoded = decoded_size(header)
-        if decoded > self.max_instance_bytes:
-            raise RejectedInstance(
-                status.CANNOT_UNDERSTAND,
-                f"decoded pixel data would be {decoded} bytes, above storage.max_instance_bytes "
-                f"({self.max_instance_bytes})",
-            )
+        uids = examine(part10, context_sop_class, self.max_instance_bytes)
         digest = hashlib.sha256(dataset_bytes).hexdigest()
         path = self.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
         ref = InstanceRef(
@@ -98,6 +80,36 @@ class Ingest:
         except sqlite3.Error as exc:
             raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
         return Stored(ref, modality, outcome)
+
+
+def examine(part10: bytes, context_sop_class: str, max_instance_bytes: int) -> dict[str, str]:
+    """Everything decided from the received bytes alone (no disk): the identifying UIDs, or why not.
+
+    Raises:
+        RejectedInstance: 0xC000 unparseable, bad UIDs or a decoded size above `max_instance_bytes`;
+            0xA900 when the data set's SOP class is not the presentation context's.
+    """
+    header = parse_header(part10)
+    # a value of the wrong type (a sequence where a UID belongs) counts as missing; never str() it
+    uids = {k: v if isinstance(v := header.get(k, ""), str) else "" for k in _HEADER_TAGS}
+    for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = uids[key]
+        if not value or len(value) > 64 or not _UID_RE.match(value):
+            raise RejectedInstance(status.CANNOT_UNDERSTAND, f"{key} missing or not a valid UID")
+    if uids["SOPClassUID"] != context_sop_class:
+        raise RejectedInstance(
+            status.DATASET_MISMATCH,
+            f"data set SOP class {uids['SOPClassUID']} differs from the presentation context "
+            f"{context_sop_class}",
+        )
+    decoded = decoded_size(header)
+    if decoded > max_instance_bytes:
+        raise RejectedInstance(
+            status.CANNOT_UNDERSTAND,
+            f"decoded pixel data would be {decoded} bytes, above storage.max_instance_bytes "
+            f"({max_instance_bytes})",
+        )
+    return uids
 
 
 def parse_header(part10: bytes) -> pydicom.Dataset:
