@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, evt
 
@@ -74,7 +74,7 @@ class StorageSCP:
 
     def start(self) -> None:
         """Bind the port and serve in background threads."""
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -93,9 +93,9 @@ class StorageSCP:
             max_associations=self.node.max_associations,
             max_connections=4 * self.node.max_associations,
         )
-        server = self.ae.make_server(
+        server = cast(NodeServer, self.ae.make_server(
             (self.node.host, self.node.port), evt_handlers=handlers, server_class=NodeServer, policy=policy
-        )
+        ))
         thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
         thread.start()
         self.ae._servers.append(server)

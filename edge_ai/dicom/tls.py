@@ -62,5 +62,6 @@ def peer_identity(sock: Any) -> str | None:
         return None
     if not cert:
         return None
-    parts = [f"{_SHORT.get(name, name)}={value}" for rdn in cert.get("subject", ()) for name, value in rdn]
+    subject: Any = cert.get("subject", ())
+    parts = [f"{_SHORT.get(str(pair[0]), str(pair[0]))}={pair[1]}" for rdn in subject for pair in rdn]
     return ",".join(reversed(parts)) or None
