@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -169,7 +170,7 @@ def test_disk_full_refuses_then_recovers(node_factory: Any, tmp_path: Path) -> N
         out = subprocess.run([str(DCMTK / "storescu"), "-v", "-aec", "EDGE_AI", "127.0.0.1", str(node.port),
                               *map(str, files)], capture_output=True, text=True, env=PEER_ENV, check=False)
         text = out.stdout + out.stderr
-        assert "Out of Resources" in text or "0xa700" in text.lower(), text[-2000:]
+        assert "Refused: OutOfResources" in text, text[-2000:]
         acked = _acknowledged(text)
         assert 0 < len(acked) < len(files)
         leftovers = [p for p in (mount / "spool" / "tmp").iterdir()]
@@ -179,9 +180,10 @@ def test_disk_full_refuses_then_recovers(node_factory: Any, tmp_path: Path) -> N
         refused = [f for f in files if str(f) not in acked]
         filler.unlink()
         again = storescu(node.port, refused)
-        assert again.returncode == 0 and "Out of Resources" not in again.stderr
+        assert again.returncode == 0 and "OutOfResources" not in again.stdout + again.stderr
         assert node.proc is not None and node.proc.poll() is None
-        rejected = [e for e in node.audit_events() if e["event"] == "instance.rejected"]
+        audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        rejected = [e for e in audit if e["event"] == "instance.rejected"]
         assert rejected and all(e["status"] == 0xA700 for e in rejected)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
