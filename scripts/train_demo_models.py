@@ -160,7 +160,9 @@ def load_cases(
     t0 = time.time()
     with ProcessPoolExecutor() as pool:
         cases = list(pool.map(fn, seeds, chunksize=4))
-    np.savez(path, **{f"x{i}": c[0] for i, c in enumerate(cases)}, **{f"t{i}": c[1] for i, c in enumerate(cases)})
+    arrays: dict[str, Any] = {f"x{i}": c[0] for i, c in enumerate(cases)}
+    arrays.update({f"t{i}": c[1] for i, c in enumerate(cases)})
+    np.savez(path, **arrays)
     print(f"  generated {len(cases)} {tag} cases in {time.time() - t0:.0f} s")
     return cases
 
@@ -198,6 +200,7 @@ class HeatmapDetector(nn.Module):
         layers += [_block(width, width, dilation=8), _block(width, width)]
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(width, 4, 1)
+        assert self.head.bias is not None
         with torch.no_grad():  # start from "nothing anywhere" (prior 0.01), zero offset, mid radius
             self.head.bias.copy_(torch.tensor([-4.6, 0.0, 0.0, -1.5]))
         self.grid = size // stride
@@ -205,6 +208,8 @@ class HeatmapDetector(nn.Module):
         # cell centres in 0..1, row-major like flatten(); the receptive field of a stride-2 conv with
         # padding 1 is centred on input pixel 2i, not 2i + 0.5: the offset head learns that shift too.
         centres = (torch.arange(g, dtype=torch.float32) + 0.5) / g
+        self.gx: torch.Tensor
+        self.gy: torch.Tensor
         self.register_buffer("gx", centres.repeat(g), persistent=False)
         self.register_buffer("gy", centres.repeat_interleave(g), persistent=False)
 
@@ -311,7 +316,7 @@ def train(spec: Spec, xs: np.ndarray, ts: np.ndarray, seed: int) -> HeatmapDetec
             loss_off = loss_r = torch.zeros(())
         loss = loss_heat + loss_img + loss_off + loss_r
         opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
@@ -357,6 +362,12 @@ def run_onnx(path: Path, xs: np.ndarray, batch: int) -> tuple[np.ndarray, np.nda
         probs.append(p)
         boxes.append(b)
     return np.concatenate(probs), np.concatenate(boxes)
+
+
+def centre_error(box: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Distance from box centre to lesion centre, in lesion radii."""
+    cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
+    return np.asarray(np.hypot(cx - t[:, 1], cy - t[:, 2]) / np.maximum(t[:, 3], 1e-6))
 
 
 def centre_inside(box: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -478,6 +489,9 @@ def build(
     res[f"{key}_specificity"] = round(float(((lab == 0) & (p < thr)).sum() / max(1, (lab == 0).sum())), 4)
     res[f"{key}_tp"] = int(tp.sum())
     res[f"{key}_tp_box_centre_in_lesion"] = round(float(centre_inside(te["b"][tp], te["t"][tp]).mean()), 4)
+    err = centre_error(te["b"][tp], te["t"][tp])
+    res[f"{key}_tp_centre_error_radii_median"] = round(float(np.median(err)), 3)
+    res[f"{key}_tp_centre_error_radii_max"] = round(float(err.max()), 3)
     if series:
         n = test[0][0].shape[0]
         sp, st = te["sp"], te["st"]
@@ -553,6 +567,7 @@ lesion centre, all zero without a lesion), so cells away from a lesion are pushe
 Training seeds {spec.train_seeds.start}..{spec.train_seeds.stop - 1}, threshold chosen on validation
 seeds {spec.val_seeds.start}..{spec.val_seeds.stop - 1} (Youden's J{", series level" if series else ""}),
 figures below on test seeds {spec.test_seeds.start}..{spec.test_seeds.stop - 1} (even seed = lesion present).
+"Centre error" is the distance from box centre to lesion centre in lesion radii (below 1 = inside).
 "Box centre in lesion" is the fraction of true positives whose box centre lies inside the true lesion disc{
         " (slice level: on that slice; series level: the top-scoring slice of the series)" if series else ""
     }.
