@@ -97,7 +97,7 @@ class App:
         self._reload = threading.Event()
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
-        self.audit_log = AuditLog(cfg.audit_path)
+        self.audit_log = AuditLog(cfg.audit_path, cfg.audit.fsync_interval_ms / 1000)
         self.metrics = Metrics(lambda: self.queue.counts(), root, lambda: self.drift.scores())
         self.metrics_port: int | None = None
         self.audit = self._audited
@@ -235,6 +235,9 @@ class App:
         self.audit("node.start", version=__version__, ae_title=self.cfg.node.ae_title,
                    port=self.cfg.node.port, pid=_pid())
         self.audit("config.loaded", path=str(self.cfg.source or ""), sha256=self.cfg.sha256)
+        for problem in self.ingest.recover_orphans():
+            self.audit("spool.unreadable", detail=problem)
+            self.log.error("spool_unreadable", detail=problem)
         resumed = self.queue.recover()
         self.queue.ready_after_silence(self.cfg.grouping.series_timeout_s)
         self.scp.start()

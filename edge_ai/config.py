@@ -188,6 +188,8 @@ Destination = Annotated[FolderDestination | DicomDestination, Field(discriminato
 
 class Audit(_Section):
     path: Path | None = None  # default: <storage.root>/audit/audit.jsonl
+    # 0: fsync every line before going on; above 0: fsync in groups within this many milliseconds
+    fsync_interval_ms: int = Field(20, ge=0, le=1000)
 
 
 class Metrics(_Section):

@@ -81,6 +81,46 @@ class Ingest:
             raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
         return Stored(ref, modality, outcome)
 
+    def recover_orphans(self) -> list[str]:
+        """Index every spool file the index lacks; returns the problems with files that cannot be.
+
+        The index commits without fsync (WAL, synchronous=NORMAL); the instance files are fsync'd
+        with their directory before Success. A power cut can therefore roll back the index's
+        last rows but never an acknowledged file: this puts them back at start, before the port
+        opens. A file whose content no longer matches its hashed name is left alone and reported.
+        """
+        known = self.queue.instance_paths()
+        problems = []
+        for path in self.spool.instance_files():
+            if str(path) in known:
+                continue
+            try:
+                part10 = path.read_bytes()
+                header = parse_header(part10)
+                uids = examine(part10, str(header.get("SOPClassUID", "")), self.max_instance_bytes)
+                digest = hashlib.sha256(part10[dataset_offset(part10):]).hexdigest()
+                if self.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}") != path:
+                    raise RejectedInstance(status.CANNOT_UNDERSTAND, "content does not match its name")
+            except (RejectedInstance, OSError, ValueError) as exc:
+                problems.append(f"{path.name}: {exc}")
+                continue
+            ref = InstanceRef(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["SeriesInstanceUID"],
+                              uids["StudyInstanceUID"], str(path), digest, len(part10))
+            self.queue.add_instance(ref, uids["Modality"][:16], "recovered")
+        return problems
+
+
+def dataset_offset(part10: bytes) -> int:
+    """Where the data set starts in a Part-10 file: preamble, 'DICM', then the file meta group,
+    whose first element (0002,0000) gives its length.
+
+    Raises:
+        ValueError: not a Part-10 file with a group length.
+    """
+    if part10[128:132] != b"DICM" or part10[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("not a Part-10 file with File Meta Information Group Length first")
+    return 144 + int.from_bytes(part10[140:144], "little")
+
 
 def examine(part10: bytes, context_sop_class: str, max_instance_bytes: int) -> dict[str, str]:
     """Everything decided from the received bytes alone (no disk): the identifying UIDs, or why not.

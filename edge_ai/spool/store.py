@@ -36,6 +36,9 @@ class Spool:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.instances / digest[:2] / f"{digest}.dcm"
 
+    def instance_files(self) -> list[Path]:
+        return sorted(self.instances.glob("??/*.dcm"))
+
     def report_path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.reports / f"{digest}.dcm"
@@ -55,7 +58,8 @@ def write_durably(path: Path, chunks: list[bytes] | bytes, tmp_dir: Path | None 
         chunks = [bytes(chunks)]
     directory = path.parent
     new_dir = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
+    if new_dir:
+        directory.mkdir(parents=True, exist_ok=True)
     tmp_dir = tmp_dir or directory
     tmp = tmp_dir / f".{path.name}.{os.getpid()}.{id(chunks):x}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)

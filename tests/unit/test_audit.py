@@ -6,6 +6,7 @@ import itertools
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,3 +214,22 @@ def test_failed_write_leaves_no_partial_line(tmp_path: Path, monkeypatch: pytest
     result = verify(path)
     assert result.ok and result.lines == 2
     assert [json.loads(r)["event"] for r in lines(path)] == ["node.start", "node.stop"]
+
+
+def test_group_commit_writes_every_line_at_once_and_fsyncs_in_groups(tmp_path: Path, monkeypatch: Any) -> None:
+    """With a sync interval, each line is in the file when record() returns, and fsyncs come in groups."""
+    from edge_ai.observability import audit as audit_mod
+
+    calls = []
+    real = audit_mod.os.fsync
+    monkeypatch.setattr(audit_mod.os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    path = tmp_path / "audit.jsonl"
+    log = audit_mod.AuditLog(path, sync_interval_s=0.05)
+    for i in range(200):
+        log.record("instance.stored", n=i)
+        if i == 0:
+            assert len(path.read_text().splitlines()) == 1  # a killed process would not lose it
+    log.close()
+    assert len(path.read_text().splitlines()) == 200
+    assert audit_mod.verify(path).ok
+    assert 1 <= len(calls) <= 20
