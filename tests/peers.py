@@ -183,7 +183,7 @@ class Orthanc:
                 self.proc.kill()
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as rsp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as rsp:
             body = rsp.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
