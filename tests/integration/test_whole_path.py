@@ -115,6 +115,9 @@ def test_three_studies_reach_orthanc_as_valid_srs(node_factory: Any, orthanc: Or
     neg = sr_summary(srs[str(dx_neg.SeriesInstanceUID)])
     ct_summary = sr_summary(srs[str(ct[0].SeriesInstanceUID)])
     assert pos["positive"] is True and neg["positive"] is False
+    # DX and CT were routed to different models, and each SR names its algorithm and version
+    assert pos["model"] == ("demo-chest-xr", "1.0.0") and neg["model"] == pos["model"]
+    assert ct_summary["model"] == ("demo-ct-lesion", "1.0.0")
     assert ct_summary["positive"] is True
     assert dx_pos_truth is not None and ct_truth is not None
     cx, cy = pos["findings"][0]["centre"]

@@ -131,7 +131,7 @@ def test_negative_control_lost_spool_is_detected(node_factory: Any, tmp_path: Pa
 @needs_orthanc
 def test_pacs_down_for_a_while_then_back(node_factory: Any, tmp_path: Path) -> None:
     """PACS down for a long stretch, node restarted meanwhile: every SR is delivered once PACS returns."""
-    down_s = float(os.environ.get("EDGE_AI_PACS_DOWN_S", "45"))
+    down_s = float(os.environ.get("EDGE_AI_PACS_DOWN_S", "120"))
     pacs = Orthanc(tmp_path / "pacs")
     dest = pacs.destination() | {"retry": {"attempts": 1000, "initial_s": 0.5, "max_s": 5}}
     node = node_factory(destinations=[dest]).start()
