@@ -19,6 +19,7 @@ Multi-frame images: `preprocess` uses ONE frame (`frame`, default the first);
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,6 +115,11 @@ def _frame_item(ds: Dataset, sequence: str, frame: int, keyword: str) -> Any:
 def modality_lut(arr: np.ndarray, ds: Dataset, *, frame: int = 0) -> np.ndarray:
     """Stored values -> modality values (HU for CT) as float32, for one frame's array."""
     try:
+        if "RescaleSlope" in ds and "ModalityLUTSequence" not in ds:
+            # the common linear rescale, in float32 (pydicom's path works in float64: twice the work)
+            slope = np.float32(float(ds.RescaleSlope))
+            intercept = np.float32(float(ds.get("RescaleIntercept", 0) or 0))
+            return arr.astype(np.float32) * slope + intercept
         if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
             out = apply_modality_lut(arr, ds)
         else:
@@ -170,6 +176,7 @@ def window(values: np.ndarray, spec: Window, ds: Dataset | None = None, *, frame
     return np.asarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=64)
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] weights of (antialiased) bilinear interpolation with pixel-centre alignment."""
     scale = n_in / n_out
@@ -181,7 +188,9 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
         edge = np.clip(centres, 0, n_in - 1)
         w = np.clip(1.0 - np.abs(src[None, :] - edge[:, None]), 0.0, None)
     w /= w.sum(axis=1, keepdims=True)
-    return w.astype(np.float32)
+    out = w.astype(np.float32)
+    out.flags.writeable = False  # cached and shared between calls
+    return out
 
 
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
