@@ -72,11 +72,9 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("edge_ai_jobs", "Jobs in the spool by state", labels=["state"])
-        try:
+        with contextlib.suppress(Exception):  # a closed queue during shutdown: no samples this scrape
             for state, n in self.job_counts().items():
                 jobs.add_metric([state], n)
-        except Exception:  # noqa: S110 (a closed queue during shutdown: no samples this scrape)
-            pass
         yield jobs
         free = GaugeMetricFamily("edge_ai_spool_free_bytes", "Free bytes on the spool's file system")
         with contextlib.suppress(OSError):
