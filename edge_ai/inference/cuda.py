@@ -112,16 +112,19 @@ class PinnedArray:
 
 
 def copy_to_device(dst: DeviceBuffer, src: PinnedArray, nbytes: int, stream: Stream) -> None:
-    if nbytes > min(dst.nbytes, src.nbytes):
-        raise ValueError(f"copy of {nbytes} bytes exceeds a buffer")
-    rt = cudart()
-    check("cudaMemcpyAsync(H2D)", rt.cudaMemcpyAsync(
-        dst.ptr, src.ptr, nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle))
+    _copy_async("H2D", dst, src, nbytes, stream)
 
 
 def copy_to_host(dst: PinnedArray, src: DeviceBuffer, nbytes: int, stream: Stream) -> None:
+    _copy_async("D2H", dst, src, nbytes, stream)
+
+
+def _copy_async(direction: str, dst: DeviceBuffer | PinnedArray, src: DeviceBuffer | PinnedArray,
+                nbytes: int, stream: Stream) -> None:
+    """cudaMemcpyAsync on `stream`, refused before reaching CUDA if it would overrun a buffer."""
     if nbytes > min(dst.nbytes, src.nbytes):
         raise ValueError(f"copy of {nbytes} bytes exceeds a buffer")
     rt = cudart()
-    check("cudaMemcpyAsync(D2H)", rt.cudaMemcpyAsync(
-        dst.ptr, src.ptr, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle))
+    kinds = {"H2D": rt.cudaMemcpyKind.cudaMemcpyHostToDevice, "D2H": rt.cudaMemcpyKind.cudaMemcpyDeviceToHost}
+    check(f"cudaMemcpyAsync({direction})",
+          rt.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kinds[direction], stream.handle))

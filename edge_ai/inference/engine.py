@@ -35,7 +35,6 @@ class Backend(Protocol):
 
     def available(self) -> tuple[bool, str]:
         """Whether this runtime can serve here, and why not."""
-        ...
 
     def load(self, package: ModelPackage, cache_root: Path | None = None) -> Engine: ...
 
