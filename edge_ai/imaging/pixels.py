@@ -35,8 +35,10 @@ __all__ = [
     "decode",
     "frame_count",
     "modality_lut",
+    "native_dtype",
     "preprocess",
     "preprocess_frames",
+    "preprocess_native",
     "resize",
     "stack",
     "window",
@@ -53,8 +55,8 @@ def frame_count(ds: Dataset) -> int:
         raise ImagingError(f"invalid Number of Frames: {ds.get('NumberOfFrames')!r}") from exc
 
 
-def _check_geometry(ds: Dataset, max_pixels: int) -> None:
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+def _check_geometry(ds: Dataset, max_pixels: int, *, header_only: bool = False) -> None:
+    if not header_only and "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImagingError("dataset has no pixel data")
     samples = int(ds.get("SamplesPerPixel") or 1)
     if samples != 1:
@@ -96,6 +98,55 @@ def decode(ds: Dataset, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if arr.ndim not in (2, 3) or arr.size == 0:
         raise ImagingError(f"unexpected decoded pixel array shape {arr.shape}")
     return arr
+
+
+# Uncompressed little-endian syntaxes: Pixel Data is the stored values as they lie in memory
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+_NATIVE_TYPES = {(8, 0): "<u1", (8, 1): "<i1", (16, 0): "<u2", (16, 1): "<i2", (32, 0): "<u4", (32, 1): "<i4"}
+
+
+def native_dtype(ds: Dataset) -> np.dtype | None:
+    """The dtype of a single-frame, uncompressed, little-endian greyscale Pixel Data; else None.
+
+    For these, `preprocess_native` on the raw bytes gives what `preprocess` gives through
+    pydicom's decoder, without pydicom parsing the data set a second time (the worker already
+    holds the header). Everything else (None) goes through `preprocess`.
+    """
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    try:
+        key = (int(ds.get("BitsAllocated") or 0), int(ds.get("PixelRepresentation") or 0))
+        single = int(ds.get("SamplesPerPixel") or 1) == 1 and frame_count(ds) == 1
+    except (TypeError, ValueError, ImagingError):
+        return None
+    if syntax not in _NATIVE_SYNTAXES or not single or key not in _NATIVE_TYPES:
+        return None
+    return np.dtype(_NATIVE_TYPES[key])
+
+
+def preprocess_native(
+    ds: Dataset, raw: np.ndarray, spec: Preprocessing, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """`preprocess` for a header (`ds`, no Pixel Data needed) and its raw stored values.
+
+    Args:
+        ds: the instance's header; `native_dtype(ds)` must not be None.
+        raw: 1-D array of `native_dtype(ds)` holding at least Rows x Columns values (the
+            Pixel Data value as stored; trailing padding is ignored).
+
+    Raises:
+        ImagingError: as `preprocess` (geometry, photometric), or too few values.
+    """
+    _check_geometry(ds, max_pixels, header_only=True)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if raw.ndim != 1 or raw.size < rows * cols:
+        raise ImagingError(f"pixel data holds {raw.size} values, {rows} x {cols} expected")
+    stored = raw[: rows * cols].reshape(rows, cols)
+    bits_allocated, bits_stored = int(ds.BitsAllocated), int(ds.get("BitsStored") or ds.BitsAllocated)
+    if 0 < bits_stored < bits_allocated:
+        # as pydicom does: the unused high bits are ignored (masked, or sign-extended when signed)
+        shift = bits_allocated - bits_stored
+        stored = np.right_shift(np.left_shift(stored, shift), shift)
+    return _one_frame(ds, stored, spec, 0)
 
 
 def _frame_item(ds: Dataset, sequence: str, frame: int, keyword: str) -> Any:

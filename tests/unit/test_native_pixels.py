@@ -1,0 +1,93 @@
+"""Uncompressed pixel data read straight from the stored file gives the model the same tensor."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+
+from edge_ai import phantoms
+from edge_ai.domain import InstanceRef
+from edge_ai.imaging import pixels
+from edge_ai.inference.package import Preprocessing, Window
+from edge_ai.service import workers
+
+SPEC = Preprocessing(window=Window(source="fixed", center=40.0, width=400.0), resize=(32, 32), mean=0.5, std=0.25)
+
+
+def _ct() -> Dataset:
+    series, _ = phantoms.ct_case(np.random.default_rng(22), slices=3, size=64, lesion=False)
+    return series[1]
+
+
+def _dx() -> Dataset:
+    ds, _ = phantoms.dx_case(np.random.default_rng(21), size=96, lesion=True)
+    return ds
+
+
+def _variants() -> list[tuple[str, Dataset]]:
+    ct, dx = _ct(), _dx()
+    out = [("ct", ct), ("dx", dx)]
+    implicit = copy.deepcopy(ct)
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    out.append(("implicit", implicit))
+    # Bits Stored 12 with junk in the unused high bits: pydicom masks (unsigned) or sign-extends (signed)
+    for signed in (0, 1):
+        junk = copy.deepcopy(ct)
+        stored = (ct.pixel_array.astype(np.int32) & 0x0FFF).astype(np.uint16) | np.uint16(0xA000)
+        junk.BitsStored, junk.HighBit, junk.PixelRepresentation = 12, 11, signed
+        junk.PixelData = stored.astype("<u2").tobytes()
+        out.append((f"bits-stored-12-signed-{signed}", junk))
+    eight = copy.deepcopy(dx)
+    eight.BitsAllocated, eight.BitsStored, eight.HighBit, eight.PixelRepresentation = 8, 8, 7, 0
+    eight.PixelData = (dx.pixel_array >> 8).astype(np.uint8).tobytes()
+    eight.PhotometricInterpretation = "MONOCHROME1"
+    out.append(("8-bit-monochrome1", eight))
+    return out
+
+
+@pytest.mark.parametrize(("name", "ds"), _variants(), ids=[n for n, _ in _variants()])
+def test_native_read_equals_pydicom_decode(tmp_path: Path, name: str, ds: Dataset) -> None:
+    """Header + raw bytes from the file give exactly the tensor pydicom's full decode gives."""
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    full = pydicom.dcmread(path)
+    ref = InstanceRef(str(full.SOPClassUID), str(full.SOPInstanceUID), "", "", str(path), "", 0)
+    header, offset = workers._read_header(ref)
+    assert "PixelData" not in header and offset is not None
+    dtype = pixels.native_dtype(header)
+    assert dtype is not None
+    raw = workers._native_pixels(path, offset, header, dtype)
+    assert raw is not None
+    spec = SPEC if name != "dx" else Preprocessing(window=Window(source="percentile"), resize=(32, 32))
+    np.testing.assert_array_equal(pixels.preprocess_native(header, raw, spec), pixels.preprocess(full, spec))
+    source = workers._Source(ref, header, offset)
+    np.testing.assert_array_equal(workers._tensor(source, spec), pixels.preprocess(full, spec))
+
+
+def test_compressed_multiframe_and_short_data_go_through_pydicom(tmp_path: Path) -> None:
+    """Anything but whole single-frame uncompressed data is left to pydicom's decoder."""
+    ct = _ct()
+    packed = copy.deepcopy(ct)
+    packed.compress(RLELossless)
+    assert pixels.native_dtype(packed) is None
+    multi = copy.deepcopy(ct)
+    multi.NumberOfFrames = 2
+    assert pixels.native_dtype(multi) is None
+    short = copy.deepcopy(ct)
+    short.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    short.PixelData = short.PixelData[:100]
+    path = tmp_path / "short.dcm"
+    short.save_as(path, enforce_file_format=True)
+    ref = InstanceRef("", "", "", "", str(path), "", 0)
+    header, offset = workers._read_header(ref)
+    dtype = pixels.native_dtype(header)
+    assert dtype is not None
+    assert workers._native_pixels(path, offset, header, dtype) is None
+    assert workers._native_pixels(path, None, header, dtype) is None
+    assert workers._native_pixels(path, 0, header, dtype) is None  # not the Pixel Data element there
