@@ -304,10 +304,9 @@ class App:
 
     def _drain_associations(self, until: float) -> None:
         """Close the listening socket, then give associations in progress until `until` to finish."""
-        server, self.scp.server = self.scp.server, None
-        if server is None:
+        if self.scp.server is None:
             return
-        server.shutdown()  # pynetdicom: stops serve_forever and closes the socket: new callers are refused
+        self.scp.close_listener()  # new callers are refused from here on
         while self.scp.active() and time.monotonic() < until:
             time.sleep(0.05)
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import sys
 from pathlib import Path
 
@@ -45,21 +46,38 @@ def _after_meta(raw: bytes) -> int:
     return f.tell()
 
 
+def _command(*elements: tuple[int, bytes]) -> bytes:
+    """A DIMSE command set (implicit VR little endian) with its group length."""
+    body = b"".join(struct.pack("<HHI", 0, tag, len(v)) + v for tag, v in elements)
+    return struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body
+
+
+def _pdata(context_id: int, control: int, payload: bytes) -> bytes:
+    item = struct.pack(">IBB", len(payload) + 2, context_id, control) + payload
+    return b"\x04\x00" + struct.pack(">I", len(item)) + item
+
+
 def pdu_seeds() -> list[bytes]:
-    """Harness input: whole PDUs as they arrive on the wire."""
+    """Harness input: a connection's bytes, as they arrive on the wire (whole conversations)."""
     from peers import associate_rq
 
-    rq = associate_rq(sop_class="1.2.840.10008.5.1.4.1.1.1.1")
-    # P-DATA-TF with a C-ECHO-RQ command (last fragment, command)
-    command = (b"\x00\x00\x00\x00\x04\x00\x00\x00\x38\x00\x00\x00" b"\x00\x00\x02\x00\x12\x00\x00\x00"
-               b"1.2.840.10008.1.1\x00" b"\x00\x00\x00\x01\x02\x00\x00\x00\x30\x00"
-               b"\x00\x00\x10\x01\x02\x00\x00\x00\x01\x00" b"\x00\x00\x00\x08\x02\x00\x00\x00\x01\x01")
-    item = bytes([0x01, 0x03]) + command
-    body = len(item).to_bytes(4, "big") + item
-    pdv = b"\x04\x00" + len(body).to_bytes(4, "big") + body
+    dx = "1.2.840.10008.5.1.4.1.1.1.1"
     release = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
     abort = b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00"
-    return [rq, pdv, release, abort]
+    echo = _command((0x0002, b"1.2.840.10008.1.1\x00"), (0x0100, b"\x30\x00"), (0x0110, b"\x01\x00"),
+                    (0x0800, b"\x01\x01"))
+    store = _command((0x0002, dx.encode()), (0x0100, b"\x01\x00"), (0x0110, b"\x02\x00"),
+                     (0x0700, b"\x00\x00"), (0x0800, b"\x00\x00"), (0x1000, b"1.2.3.4\x00"))
+    data_set = bytes(ingest_seeds()[0][2:200])
+    verification = associate_rq(calling="CT_SCANNER_1")
+    storage = associate_rq(calling="CT_SCANNER_1", sop_class=dx)
+    return [
+        verification + _pdata(1, 0x03, echo) + release,
+        storage + _pdata(1, 0x03, store) + _pdata(1, 0x00, data_set[:100]) + _pdata(1, 0x02, data_set[100:])
+        + release,
+        storage + _pdata(1, 0x01, store[:20]) + _pdata(1, 0x03, store[20:]) + abort,
+        associate_rq(calling="INTRUDER") + release,
+    ]
 
 
 def main(out: Path) -> None:

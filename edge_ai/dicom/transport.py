@@ -1,48 +1,50 @@
-"""Hardened transport for the SCP: who may connect, and how long and how much a peer may take.
+"""The SCP's transport: who may connect, how long and how much a peer may take, and the association
+state machine (PS3.8 9.2) for an acceptor that offers Verification and Storage.
 
-Stock pynetdicom 3.0.4 leaves four gaps that a node on a hospital network must close itself:
-it runs the TLS handshake in the accept loop (one idle connection blocks everyone), reads PDU
-bodies with no stall limit, believes any PDU length a peer announces (a 4 GiB claim is buffered),
-and checks calling AE titles but not the hosts they come from. Here:
+One thread per connection runs the whole association, including the service's store, so a C-STORE
+response leaves as soon as the instance is durable with no thread hand-off. Data set fragments go
+to the service's sink as they arrive (the spool's temporary file), never gathered in memory.
 
-- `NodeServer.get_request` only accepts; `NodeRequestHandler.handle` (one thread per connection)
-  does the TLS handshake under `timeouts.tls_handshake` and waits at most `timeouts.socket` for the
-  first PDU before an Association (which counts against `max_associations`) is created;
-- `BoundedDUL` reads the 6-byte PDU header first and aborts a PDU longer than the limit before
-  reading its body; every read is bounded by `timeouts.socket`;
-- `CallerACSE` rejects a caller whose (AE title, address) pair is not in `allowed_callers` with
-  A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognised).
+- `NodeServer` only accepts; the connection's thread does the TLS handshake under
+  `timeouts.tls_handshake` and waits at most `timeouts.socket` for the first PDU before it holds
+  one of `max_associations` slots;
+- every PDU header is read first and a PDU longer than the limit is aborted before its body is
+  read; reads inside a PDU stall for at most `timeouts.socket`, the gap between PDUs is
+  `timeouts.network`;
+- a caller whose (AE title, address) pair is not in `allowed_callers` gets A-ASSOCIATE-RJ
+  (rejected-permanent, service-user, calling AE title not recognised).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import select
 import socket
 import ssl
 import struct
 import threading
 from collections.abc import Callable
-from copy import deepcopy
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
-from pynetdicom import evt
-from pynetdicom.acse import ACSE
-from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
-
+from edge_ai.dicom import pdu
+from edge_ai.dicom.pdu import Command, PDUError
 from edge_ai.dicom.tls import peer_identity
 
 # Non-P-DATA PDUs (association request with many contexts is the largest) never need more than this.
 CONTROL_PDU_LIMIT = 1024 * 1024
-_P_DATA_TF = 0x04
-_PDU_TYPES = frozenset(range(1, 8))
-_RJ_LOCAL_LIMIT = bytes([0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02])
+_RJ_LOCAL_LIMIT = pdu.encode_associate_rj(0x02, 0x03, 0x02)
+
+# A-ASSOCIATE-RJ (result, source, diagnostic) the acceptor answers with, in the order it checks them
+REJECTIONS = {
+    (1, 2, 2): "protocol version not supported",
+    (1, 1, 2): "application context name not supported",
+    (1, 1, 3): "calling AE title not recognised",
+    (1, 1, 7): "called AE title not recognised",
+    (2, 3, 2): "local limit exceeded",
+}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Alert = Callable[..., None]  # (event, **fields) -> None: the audit, for transport-level events
@@ -65,24 +67,26 @@ class Policy:
     callers: list[Caller]
     alert: Alert
     max_associations: int = 16
-    # connections in their handshake or waiting for their first PDU, and live association threads, each
+    # connections in their handshake or waiting for their first PDU, and live connection threads, each
     max_connections: int = 64
+    network_timeout: float = 60.0  # between messages
+    dimse_timeout: float = 60.0  # between the PDUs of one message
+    acse_timeout: float = 30.0  # for the A-ASSOCIATE-RQ
     _pending: int = field(default=0, repr=False)
-    _admitted: list[Association] = field(default_factory=list, repr=False)
+    _admitted: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def admit(self, assoc: Association) -> bool:
-        """Take one of `max_associations` slots, held until the association's thread ends.
-
-        pynetdicom's own check counts every acceptor thread, including those still negotiating, so
-        in a burst every request sees the limit exceeded and nobody is served; slots are counted here.
-        """
+    def admit(self) -> bool:
+        """Take one of `max_associations` slots; `leave()` gives it back."""
         with self._lock:
-            self._admitted = [a for a in self._admitted if a.is_alive()]
-            if len(self._admitted) >= self.max_associations:
+            if self._admitted >= self.max_associations:
                 return False
-            self._admitted.append(assoc)
+            self._admitted += 1
             return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._admitted -= 1
 
     def caller_allowed(self, ae_title: str, host: str) -> str | None:
         """None when allowed, else why not (for the audit)."""
@@ -121,7 +125,7 @@ def callers_from_config(allowed: list[Any]) -> list[Caller]:
 
 
 def refuse(sock: socket.socket) -> None:
-    """A-ASSOCIATE-RJ (transient, local limit exceeded) without an Association: read what the peer sent
+    """A-ASSOCIATE-RJ (transient, local limit exceeded) without an association: read what the peer sent
     (at most 1 s, 64 KiB, so closing does not reset the connection before the answer is read), answer."""
     with contextlib.suppress(OSError):
         sock.settimeout(1.0)
@@ -132,169 +136,427 @@ def refuse(sock: socket.socket) -> None:
     sock.close()
 
 
-def close_quietly(sock: socket.socket) -> None:
+def close_quietly(sock: Any) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
-class BoundedDUL(DULServiceProvider):
-    """The DUL with PDU length limits and per-read stall limits."""
+# ---- what the transport hands to the service ------------------------------------------------------
+@dataclass
+class Association:
+    id: str
+    peer_host: str
+    peer_port: int
+    tls_identity: str | None = None
+    calling_ae: str = ""
+    called_ae: str = ""
+    # accepted presentation contexts: ID -> (abstract syntax, transfer syntax)
+    contexts: dict[int, tuple[str, str]] = field(default_factory=dict)
+    rejected_contexts: list[str] = field(default_factory=list)
 
-    def __init__(self, assoc: Association, policy: Policy) -> None:
-        super().__init__(assoc)
+    def fields(self) -> dict[str, Any]:
+        """Who this is, for the audit and logs (no PHI: AE titles, address, certificate subject)."""
+        return {
+            "calling_ae": self.calling_ae or None,
+            "called_ae": self.called_ae or None,
+            "peer": f"{self.peer_host}:{self.peer_port}",
+            "tls_identity": self.tls_identity,
+        }
+
+
+class Sink(Protocol):
+    """Where one C-STORE data set goes while it arrives."""
+
+    def write(self, fragment: memoryview) -> None: ...
+
+    def finish(self) -> tuple[int, str]:
+        """All fragments are in: (DIMSE status, error comment). Success only once it is durable."""
+        ...
+
+    def discard(self) -> None:
+        """The association ended mid-data set: leave nothing behind."""
+        ...
+
+
+class Service(Protocol):
+    """The SCP behind the transport (edge_ai.dicom.scp.StorageSCP)."""
+
+    def supported(self) -> dict[str, list[str]]:
+        """Abstract syntax -> transfer syntaxes accepted for it."""
+        ...
+
+    def accepted(self, assoc: Association) -> None: ...
+
+    def rejected(self, assoc: Association, result: int, source: int, diagnostic: int, reason: str) -> None: ...
+
+    def echo(self, assoc: Association) -> int: ...
+
+    def begin_store(self, assoc: Association, command: Command, abstract_syntax: str,
+                    transfer_syntax: str) -> Sink: ...
+
+    def released(self, assoc: Association) -> None: ...
+
+    def aborted(self, assoc: Association, reason: str) -> None: ...
+
+
+class _Closed(Exception):
+    """The connection is over (peer closed, stalled, aborted or the node is stopping); `reported` when
+    the audit already has the reason."""
+
+    def __init__(self, reason: str, reported: bool = False) -> None:
+        super().__init__(reason)
+        self.reported = reported
+
+
+class _Drain:
+    """Sink for a data set nobody stores (an operation this SCP does not perform)."""
+
+    def write(self, fragment: memoryview) -> None:
+        return None
+
+    def finish(self) -> tuple[int, str]:
+        return pdu.UNRECOGNIZED_OPERATION, "operation not supported by this SCP"
+
+    def discard(self) -> None:
+        return None
+
+
+class Connection:
+    """One association, acceptor side, from the first PDU to release or abort (PS3.8 9.2 state machine,
+    reduced to the paths an acceptor meets)."""
+
+    def __init__(self, sock: Any, assoc: Association, policy: Policy, service: Service,
+                 ae_title: str) -> None:
+        self.sock = sock
+        self.assoc = assoc
         self.policy = policy
-        self._got_request = False
+        self.service = service
+        self.ae_title = ae_title
+        self._header = bytearray(6)
+        self._body = bytearray(0)
+        self._admitted = False
+        self._established = False
 
-    def _recv_exact(self, n: int) -> bytearray | None:
-        """n bytes, or None when the peer closed, stalled past the socket timeout or errored."""
-        assert self.socket is not None and self.socket.socket is not None
-        sock = self.socket.socket
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
+    # ---- reading -------------------------------------------------------------------------------
+    def _recv_into(self, view: memoryview) -> None:
+        got, n = 0, len(view)
+        while got < n:
+            try:
+                nread = self.sock.recv_into(view[got:], n - got)
+            except TimeoutError:
+                stalled = f"peer stalled for {self.policy.socket_timeout:g} s in a PDU (node.timeouts.socket)"
+                self._alert("association.dropped", stalled)
+                raise _Closed(stalled, reported=True) from None
+            except OSError as exc:
+                raise _Closed(f"connection error: {exc.strerror or type(exc).__name__}") from None
+            if nread == 0:
+                raise _Closed("connection closed by the peer")
+            got += nread
+
+    def _read_pdu(self, idle_timeout: float, key: str = "node.timeouts.network") -> tuple[int, memoryview]:
+        """The next PDU's type and body; waits `idle_timeout` (config `key`) for it to start."""
+        header = memoryview(self._header)
+        self.sock.settimeout(idle_timeout)
         try:
-            while got < n:
-                nread = sock.recv_into(view[got:], min(n - got, 1 << 20))
-                if nread == 0:
-                    return None
-                got += nread
+            first = self.sock.recv_into(header, 6)
         except TimeoutError:
-            stalled = f"peer stalled for {self.policy.socket_timeout:g} s in a PDU (node.timeouts.socket)"
-            self.policy.alert("association.dropped", reason=stalled, **peer_fields(self.assoc))
-            return None
-        except OSError:
-            return None
-        return buf
+            reason = f"no PDU for {idle_timeout:g} s ({key})"
+            self._abort(reason, 0x00)
+            raise _Closed(reason, reported=True) from None
+        except OSError as exc:
+            raise _Closed(f"connection error: {exc.strerror or type(exc).__name__}") from None
+        if first == 0:
+            raise _Closed("connection closed by the peer")
+        self.sock.settimeout(self.policy.socket_timeout)
+        if first < 6:
+            self._recv_into(header[first:])
+        kind, _, length = struct.unpack(">BBL", self._header)
+        if not pdu.ASSOCIATE_RQ <= kind <= pdu.ABORT:
+            reason = f"unrecognised PDU type 0x{kind:02X}"
+            self._abort(reason, 0x01)
+            raise _Closed(reason, reported=True)
+        limit = self.policy.max_pdu_length if kind == pdu.P_DATA_TF else CONTROL_PDU_LIMIT
+        if length > limit:
+            reason = f"PDU type 0x{kind:02X} announces {length} bytes, above the limit of {limit}"
+            self._alert("association.aborted", reason)
+            with contextlib.suppress(_Closed):
+                self._send(pdu.encode_abort(0x02, 0x06))
+            raise _Closed(reason, reported=True)
+        if len(self._body) < length:
+            self._body = bytearray(max(length, min(2 * len(self._body), limit)))
+        body = memoryview(self._body)[:length]
+        self._recv_into(body)
+        return kind, body
 
-    def _limit(self, pdu_type: int) -> int:
-        return self.policy.max_pdu_length if pdu_type == _P_DATA_TF else CONTROL_PDU_LIMIT
-
-    def _end(self, event: str | None) -> None:
-        """Queue the terminal event; before any A-ASSOCIATE-RQ also wake the acceptor reactor at once.
-
-        Stock pynetdicom leaves the Association thread waiting `acse_timeout` for a request that can no
-        longer come, holding a `max_associations` slot; None is what its own timeout path receives.
-        """
-        if event is not None:
-            self.event_queue.put(event)
-        if not self._got_request:
-            self.to_user_queue.put(None)  # type: ignore[arg-type]
-
-    def _read_pdu_data(self) -> None:
-        header = self._recv_exact(6)
-        if header is None:
-            self._end("Evt17")  # transport connection closed
-            return
-        pdu_type, _, length = struct.unpack(">BBL", header)
-        if pdu_type not in _PDU_TYPES:
-            self._end("Evt19")  # unrecognised PDU: A-ABORT by the state machine
-            return
-        if length > self._limit(pdu_type):
-            self._abort_oversized(pdu_type, length)
-            return
-        body = self._recv_exact(length)
-        if body is None:
-            self._end("Evt17")
-            return
+    def _send(self, data: bytes) -> None:
         try:
-            pdu, event = self._decode_pdu(header + body)
-        except Exception:  # untrusted bytes: any decoder failure is an invalid PDU
-            self._end("Evt19")
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise _Closed(f"connection error: {exc.strerror or type(exc).__name__}") from None
+
+    def _alert(self, event: str, reason: str) -> None:
+        """A transport-level event for the audit and the log (security relevant: always both)."""
+        ident = self.assoc.id if self._established else None
+        self.policy.alert(event, association=ident, reason=reason, **self.assoc.fields())
+
+    def _abort(self, reason: str, diagnostic: int) -> None:
+        """A-ABORT (service provider) to the peer; the association is over."""
+        with contextlib.suppress(_Closed):
+            self._send(pdu.encode_abort(0x02, diagnostic))
+        if self._established:
+            self.service.aborted(self.assoc, reason)
+
+    # ---- the association -----------------------------------------------------------------------
+    def serve(self) -> None:
+        try:
+            self._serve()
+        except _Closed as closed:
+            if self._established and not closed.reported:
+                self.service.aborted(self.assoc, str(closed))
+        finally:
+            if self._admitted:
+                self.policy.leave()
+            close_quietly(self.sock)
+
+    def _serve(self) -> None:
+        kind, body = self._read_pdu(self.policy.acse_timeout, "node.timeouts.acse")
+        if kind != pdu.ASSOCIATE_RQ:
+            self._abort("first PDU is not an A-ASSOCIATE-RQ", 0x02)
+            raise _Closed("unexpected PDU", reported=True)
+        try:
+            rq = pdu.parse_associate_rq(body)
+        except PDUError as exc:
+            self._abort(f"malformed A-ASSOCIATE-RQ: {exc}", 0x06)
+            raise _Closed(str(exc), reported=True) from None
+        if not self._negotiate(rq):
             return
-        self._got_request = self._got_request or pdu_type == 0x01
-        self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
+        self._established = True
+        self.service.accepted(self.assoc)
+        self._transfer()
 
-    def _abort_oversized(self, pdu_type: int, length: int) -> None:
-        """A-ABORT (service-provider, invalid PDU parameter value), close, never read the body."""
-        limit = self._limit(pdu_type)
-        self.policy.alert(
-            "association.aborted",
-            reason=f"PDU type 0x{pdu_type:02X} announces {length} bytes, above the limit of {limit}",
-            **peer_fields(self.assoc),
-        )
-        abort = A_ABORT_RQ()
-        abort.source = 0x02
-        abort.reason_diagnostic = 0x06
-        assert self.socket is not None and self.socket.socket is not None
-        with contextlib.suppress(OSError):
-            self.socket.socket.sendall(abort.encode())
-        self._end(None)
-        self.socket.close()  # Evt17: the state machine ends the association
+    def _negotiate(self, rq: pdu.AssociateRQ) -> bool:
+        """A-ASSOCIATE-AC, or -RJ with the reason given to the service; True when accepted."""
+        a = self.assoc
+        a.calling_ae, a.called_ae = rq.calling_ae, rq.called_ae
+        checks: list[tuple[Callable[[], str | None], tuple[int, int, int]]] = [
+            (lambda: None if rq.protocol_version & 1 else f"protocol version {rq.protocol_version}", (1, 2, 2)),
+            (lambda: None if rq.application_context == pdu.APPLICATION_CONTEXT
+             else f"application context {rq.application_context!r} not supported", (1, 1, 2)),
+            (lambda: self.policy.caller_allowed(rq.calling_ae, a.peer_host), (1, 1, 3)),
+            (lambda: None if rq.called_ae == self.ae_title else "called AE title not recognised", (1, 1, 7)),
+        ]
+        for check, (result, source, diagnostic) in checks:
+            refusal = check()
+            if refusal is not None:
+                self._reject(result, source, diagnostic, refusal)
+                return False
+        if not self.policy.admit():
+            self._reject(2, 3, 2, "local limit exceeded: node.max_associations")
+            return False
+        self._admitted = True
+        supported = self.service.supported()
+        results: dict[int, tuple[int, str]] = {}
+        for ident, (abstract, transfers) in rq.contexts.items():
+            offered = supported.get(abstract)
+            chosen = next((ts for ts in transfers if offered and ts in offered), None)
+            if offered is None:
+                results[ident] = (pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED, transfers[0] if transfers else "")
+                a.rejected_contexts.append(abstract)
+            elif chosen is None:
+                results[ident] = (pdu.TRANSFER_SYNTAXES_NOT_SUPPORTED, transfers[0] if transfers else "")
+                a.rejected_contexts.append(abstract)
+            else:
+                results[ident] = (pdu.ACCEPTANCE, chosen)
+                a.contexts[ident] = (abstract, chosen)
+        self._send(pdu.encode_associate_ac(rq, results, self.policy.max_pdu_length))
+        return True
+
+    def _reject(self, result: int, source: int, diagnostic: int, reason: str) -> None:
+        with contextlib.suppress(_Closed):
+            self._send(pdu.encode_associate_rj(result, source, diagnostic))
+        self.service.rejected(self.assoc, result, source, diagnostic, reason)
+
+    def _transfer(self) -> None:
+        """P-DATA until A-RELEASE-RQ or A-ABORT. One message at a time: a data set is consumed, stored
+        and answered before the next PDU is read, so release always follows the last response."""
+        command = bytearray()
+        request: Command | None = None
+        context_id = 0
+        sink: Sink | None = None
+        try:
+            while True:
+                if request is None and not command:
+                    kind, body = self._read_pdu(self.policy.network_timeout)
+                else:
+                    kind, body = self._read_pdu(self.policy.dimse_timeout, "node.timeouts.dimse")
+                if kind == pdu.RELEASE_RQ:
+                    if request is not None or command:
+                        self._protocol_error("A-RELEASE-RQ in the middle of a message")
+                    self._send(pdu.RELEASE_RP_PDU)
+                    self.service.released(self.assoc)
+                    return
+                if kind == pdu.ABORT:
+                    raise _Closed("peer sent A-ABORT")
+                if kind != pdu.P_DATA_TF:
+                    self._protocol_error(f"unexpected PDU type 0x{kind:02X} during the association")
+                try:
+                    pdvs = list(pdu.iter_pdvs(body))
+                except PDUError as exc:
+                    self._protocol_error(str(exc))
+                for ident, control, fragment in pdvs:
+                    if ident not in self.assoc.contexts or (request is not None and ident != context_id):
+                        self._protocol_error(f"PDV on presentation context {ident}, not the message's")
+                    if control & 0x01:  # command fragment
+                        if request is not None:
+                            self._protocol_error("command fragment while a data set is expected")
+                        command += fragment
+                        if len(command) > 65536:
+                            self._protocol_error("command set longer than 64 KiB")
+                        if control & 0x02:
+                            try:
+                                cmd = pdu.decode_command(command)
+                            except PDUError as exc:
+                                self._protocol_error(str(exc))
+                            command.clear()
+                            context_id = ident
+                            request, sink = self._begin(cmd, ident)
+                            if request is None:
+                                sink = None
+                    else:  # data set fragment
+                        if request is None or sink is None:
+                            self._protocol_error("data set fragment without a command that announces one")
+                        sink.write(fragment)
+                        if control & 0x02:
+                            done, sink = sink, None
+                            code, comment = done.finish()
+                            self._respond(request, context_id, code, comment)
+                            request = None
+        finally:
+            if sink is not None:
+                sink.discard()
+
+    def _begin(self, cmd: Command, context_id: int) -> tuple[Command | None, Sink | None]:
+        """Act on a complete command set: answer now, or return the sink its data set goes to."""
+        abstract, transfer = self.assoc.contexts[context_id]
+        if cmd.command_field == pdu.C_ECHO_RQ and not cmd.has_data_set:
+            self._respond(cmd, context_id, self.service.echo(self.assoc))
+            return None, None
+        if cmd.command_field == pdu.C_CANCEL_RQ:
+            return None, None
+        if cmd.command_field == pdu.C_STORE_RQ and cmd.has_data_set:
+            return cmd, self.service.begin_store(self.assoc, cmd, abstract, transfer)
+        if cmd.has_data_set:
+            return cmd, _Drain()
+        self._respond(cmd, context_id, pdu.UNRECOGNIZED_OPERATION, "operation not supported by this SCP")
+        return None, None
+
+    def _respond(self, cmd: Command, context_id: int, code: int, comment: str = "") -> None:
+        self._send(pdu.encode_pdata(context_id, pdu.encode_response(cmd, code, comment)))
+
+    def _protocol_error(self, reason: str) -> NoReturn:
+        """A-ABORT (service provider, unexpected PDU / invalid parameter) and end the connection."""
+        self._abort(f"protocol error: {reason}", 0x02)
+        raise _Closed(reason, reported=True)
 
 
-class CallerACSE(ACSE):
-    """ACSE that also checks the calling (AE title, address) pair against `allowed_callers`."""
+# ---- accepting --------------------------------------------------------------------------------------
+class NodeServer:
+    """Listening socket and accept loop; each connection gets its own thread."""
 
-    def __init__(self, assoc: Association, policy: Policy) -> None:
-        super().__init__(assoc)
+    def __init__(self, host: str, port: int, policy: Policy, service: Service, ae_title: str) -> None:
         self.policy = policy
+        self.service = service
+        self.ae_title = ae_title
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # backlog 128: a small one makes the kernel drop SYNs in a burst (1 s+ retries)
+        self.socket = socket.create_server((host, port), family=family, backlog=128)
+        self.server_address = self.socket.getsockname()
+        self._ids = itertools.count(1)
+        self._live: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _negotiate_as_acceptor(self) -> None:
-        rq = self.requestor.primitive
-        assert rq is not None
-        self.requestor.ae_title = rq.calling_ae_title
-        refusal = self.policy.caller_allowed(str(rq.calling_ae_title), self.requestor.address)
-        if refusal is not None:
-            self.assoc._edge_ai_refusal = refusal  # type: ignore[attr-defined]
-            self._reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE not recognised
-            return
-        if not self.policy.admit(self.assoc):
-            self._reject(0x02, 0x03, 0x02)  # rejected-transient, service-provider (presentation), local limit
-            return
-        super()._negotiate_as_acceptor()
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._accept_loop, name="dicom-acceptor", daemon=True)
+        self._thread.start()
 
-    def _reject(self, result: int, source: int, diagnostic: int) -> None:
-        self.send_reject(result, source, diagnostic)
-        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-        self.assoc.kill()
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                readable, _, _ = select.select([self.socket], [], [], 0.2)
+                if not readable:
+                    continue
+                sock, address = self.socket.accept()
+            except (OSError, ValueError):
+                if self._stopping.is_set():
+                    return
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ident = next(self._ids)
+            thread = threading.Thread(target=self._handle, args=(sock, address, ident),
+                                      name=f"dicom-conn-{ident}", daemon=True)
+            with self._lock:
+                self._live[ident] = sock
+            thread.start()
 
+    def shutdown(self) -> None:
+        """Stop accepting and close the listening socket: new callers are refused."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        with contextlib.suppress(OSError):
+            self.socket.close()
 
-def peer_fields(assoc: Any) -> dict[str, Any]:
-    req = assoc.requestor
-    return {
-        "calling_ae": str(req.ae_title or "").strip() or None,
-        "called_ae": str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip() or None,
-        "peer": f"{req.address}:{req.port}",
-        "tls_identity": getattr(assoc, "_edge_ai_tls", None),
-    }
+    def close_all(self) -> None:
+        """End every connection still open (the node is stopping)."""
+        with self._lock:
+            live = list(self._live.values())
+        for sock in live:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
+    def active(self) -> int:
+        with self._lock:
+            return len(self._live)
 
-class NodeRequestHandler(RequestHandler):
-    """Per-connection thread: TLS handshake and first-PDU wait, both bounded, then the Association."""
+    def _handle(self, sock: socket.socket, address: tuple[Any, ...], ident: int) -> None:
+        try:
+            self._handle_connection(sock, address, ident)
+        finally:
+            with self._lock:
+                self._live.pop(ident, None)
 
-    server: NodeServer
-
-    def handle(self) -> None:
-        policy = self.server.policy
-        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+    def _handle_connection(self, sock: socket.socket, address: tuple[Any, ...], ident: int) -> None:
+        policy = self.policy
+        peer = f"{address[0]}:{address[1]}"
         if not policy.try_pending():
-            policy.alert("connection.dropped", peer=peer,
-                         reason="too many connections awaiting their first PDU")
+            policy.alert("connection.dropped", peer=peer, reason="too many connections awaiting their first PDU")
             # a plain peer gets a DICOM answer; a TLS peer cannot read one before its handshake
-            (close_quietly if policy.ssl_context is not None else refuse)(self.request)
+            (close_quietly if policy.ssl_context is not None else refuse)(sock)
             return
         try:
-            sock = self._prepare(self.request, peer)
+            prepared = self._prepare(sock, peer)
         finally:
             policy.done_pending()
-        if sock is None:
+        if prepared is None:
             return
-        if len(self.server.active_associations) >= policy.max_connections:
-            # no thread for it: A-ASSOCIATE-RJ (transient, service-provider presentation, local limit)
+        if self.active() > policy.max_connections:
             policy.alert("association.rejected", peer=peer, reason="too many open connections",
                          result=2, source=3, diagnostic=2)
-            refuse(sock)
+            refuse(prepared)
             return
-        self.request = sock
-        assoc = self._create_association()
-        assoc._edge_ai_tls = peer_identity(sock)  # type: ignore[attr-defined]
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
+        with self._lock:
+            self._live[ident] = prepared
+        assoc = Association(id=f"a{ident}", peer_host=str(address[0]), peer_port=int(address[1]),
+                            tls_identity=peer_identity(prepared))
+        Connection(prepared, assoc, policy, self.service, self.ae_title).serve()
 
     def _prepare(self, sock: socket.socket, peer: str) -> socket.socket | None:
-        policy = self.server.policy
+        """TLS handshake (bounded), then wait (bounded) for the first PDU to start."""
+        policy = self.policy
         if policy.ssl_context is not None:
             sock.settimeout(policy.handshake_timeout)  # CPython applies it to the whole handshake
             try:
@@ -317,47 +579,3 @@ class NodeRequestHandler(RequestHandler):
                 close_quietly(sock)
                 return None
         return sock
-
-    def _create_association(self) -> Association:
-        """pynetdicom's acceptor set-up, with the bounded DUL and the caller-checking ACSE."""
-        policy = self.server.policy
-        assoc = Association(self.ae, "acceptor")
-        assoc._server = self.server
-        assoc.dul = BoundedDUL(assoc, policy)
-        assoc.acse = CallerACSE(assoc, policy)
-        assoc.acse_timeout = self.ae.acse_timeout  # re-applied: the timers live in the new DUL
-        assoc.network_timeout = self.ae.network_timeout
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
-        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
-        assoc.acceptor.ae_title = self.server.ae_title
-        assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
-        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
-        assoc.requestor.address_info = self.remote
-        for event, handlers in self.server._handlers.items():
-            if event.is_intervention and handlers:
-                assoc.bind(event, *handlers)
-            elif isinstance(event, evt.NotificationEvent):
-                for handler, args in handlers:  # type: ignore[misc]
-                    assoc.bind(event, handler, args)
-        return assoc
-
-
-class NodeServer(ThreadedAssociationServer):
-    """Accept loop that only accepts: TLS and everything slow happen in the connection's thread."""
-
-    daemon_threads = True  # a connection stuck in its handshake never holds up shutdown
-    request_queue_size = 128  # socketserver's 5 makes the kernel drop SYNs in a burst (1 s+ retries)
-
-    def __init__(self, *args: Any, policy: Policy, **kwargs: Any) -> None:
-        self.policy = policy
-        kwargs["request_handler"] = NodeRequestHandler
-        super().__init__(*args, **kwargs)
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        sock, address = self.socket.accept()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock, address

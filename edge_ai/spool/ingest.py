@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
+import os
 import re
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pydicom
 
 from edge_ai.dicom import status
 from edge_ai.domain import InstanceRef
 from edge_ai.errors import RejectedInstance
+from edge_ai.spool.header import fast_header, meta_transfer_syntax
 from edge_ai.spool.queue import Queue, StoreOutcome
 from edge_ai.spool.store import Spool
 
@@ -39,47 +45,24 @@ class Ingest:
         self.max_instance_bytes = max_instance_bytes
 
     def store(self, part10: bytes, dataset_bytes: bytes, context_sop_class: str, assoc: str) -> Stored:
-        """Store one received instance durably and index it.
+        """Store one instance held in memory (the streaming path is `receive`).
 
         Args:
             part10: the file to keep (preamble, file meta, data set exactly as received).
-            dataset_bytes: the data set alone, hashed to recognise a resend of the same content.
+            dataset_bytes: its data set alone (the tail of `part10`), hashed to recognise a resend.
             context_sop_class: the abstract syntax of the presentation context it came on.
             assoc: an identifier of the association, for series grouping.
 
         Raises:
             RejectedInstance: with the DIMSE status to answer.
         """
-        try:
-            free = self.spool.free_bytes()
-        except OSError as exc:
-            raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool unavailable: {exc.strerror}") from exc
-        if free < self.min_free_bytes + len(part10):
-            raise RejectedInstance(status.OUT_OF_RESOURCES, f"free space {free} below storage.min_free_bytes")
-        uids = examine(part10, context_sop_class, self.max_instance_bytes)
-        digest = hashlib.sha256(dataset_bytes).hexdigest()
-        path = self.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
-        ref = InstanceRef(
-            sop_class_uid=uids["SOPClassUID"],
-            sop_instance_uid=uids["SOPInstanceUID"],
-            series_instance_uid=uids["SeriesInstanceUID"],
-            study_instance_uid=uids["StudyInstanceUID"],
-            path=str(path),
-            sha256=digest,
-            size=len(part10),
-        )
-        modality = uids["Modality"][:16]
-        if not self.queue.has_instance(ref.sop_instance_uid, digest):
-            try:
-                self.spool.write(path, part10)
-            except OSError as exc:
-                reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
-                raise RejectedInstance(status.OUT_OF_RESOURCES, reason) from exc
-        try:
-            outcome = self.queue.add_instance(ref, modality, assoc)
-        except sqlite3.Error as exc:
-            raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
-        return Stored(ref, modality, outcome)
+        receiving = self.receive(part10[:len(part10) - len(dataset_bytes)], context_sop_class, assoc)
+        receiving.write(memoryview(dataset_bytes))
+        return receiving.finish()
+
+    def receive(self, prefix: bytes, context_sop_class: str, assoc: str) -> Receiving:
+        """Start receiving one instance: `prefix` (preamble and file meta) now, the data set as it arrives."""
+        return Receiving(self, prefix, context_sop_class, assoc)
 
     def recover_orphans(self) -> list[str]:
         """Index every spool file the index lacks; returns the problems with files that cannot be.
@@ -87,7 +70,9 @@ class Ingest:
         The index commits without fsync (WAL, synchronous=NORMAL); the instance files are fsync'd
         with their directory before Success. A power cut can therefore roll back the index's
         last rows but never an acknowledged file: this puts them back at start, before the port
-        opens. A file whose content no longer matches its hashed name is left alone and reported.
+        opens. A file whose content does not match its hashed name (a store cut off between its
+        rename and its fsync, never acknowledged; or damage) is moved to the spool's quarantine
+        folder and reported, never indexed.
         """
         known = self.queue.instance_paths()
         problems = []
@@ -102,12 +87,133 @@ class Ingest:
                 if self.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}") != path:
                     raise RejectedInstance(status.CANNOT_UNDERSTAND, "content does not match its name")
             except (RejectedInstance, OSError, ValueError) as exc:
-                problems.append(f"{path.name}: {exc}")
+                try:
+                    moved = f"moved to {self.spool.quarantine(path)}"
+                except OSError as move:
+                    moved = f"left in place ({move.strerror})"
+                problems.append(f"{path.name}: {exc}; {moved}")
                 continue
             ref = InstanceRef(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["SeriesInstanceUID"],
                               uids["StudyInstanceUID"], str(path), digest, len(part10))
             self.queue.add_instance(ref, uids["Modality"][:16], "recovered")
         return problems
+
+
+class Receiving:
+    """One instance on its way in: written to a temporary spool file and hashed fragment by fragment, so
+    memory stays flat whatever its size. `finish` decides (header checks, duplicate, space), makes it
+    durable (fsync, rename, fsync of the directory) and indexes it; a refusal found on the way (no
+    space, too large) is remembered, the rest of the data set is read and dropped, and `finish` raises it.
+    """
+
+    def __init__(self, ingest: Ingest, prefix: bytes, context_sop_class: str, assoc: str) -> None:
+        self.ingest = ingest
+        self.context_sop_class = context_sop_class
+        self.assoc = assoc
+        self.refusal: RejectedInstance | None = None
+        self._hash = hashlib.sha256()
+        self._received = 0
+        self._size = len(prefix)
+        self._fd: int | None = None
+        self._tmp: Path | None = None
+        spool = ingest.spool
+        try:
+            free = spool.free_bytes()
+        except OSError as exc:
+            self.refusal = RejectedInstance(status.OUT_OF_RESOURCES, f"spool unavailable: {exc.strerror}")
+            return
+        if free < ingest.min_free_bytes:
+            self.refusal = RejectedInstance(status.OUT_OF_RESOURCES,
+                                            f"free space {free} below storage.min_free_bytes")
+            return
+        try:
+            self._fd, self._tmp = spool.open_tmp()
+            _write_all(self._fd, prefix)
+        except OSError as exc:
+            self._refuse_io(exc)
+
+    def _refuse_io(self, exc: OSError) -> None:
+        reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
+        self.refusal = RejectedInstance(status.OUT_OF_RESOURCES, reason)
+        self.discard()
+
+    def write(self, fragment: memoryview) -> None:
+        if self.refusal is not None:
+            return
+        self._received += len(fragment)
+        if self._received > self.ingest.max_instance_bytes:
+            self.refusal = RejectedInstance(
+                status.CANNOT_UNDERSTAND,
+                f"data set larger than storage.max_instance_bytes ({self.ingest.max_instance_bytes})")
+            self.discard()
+            return
+        self._hash.update(fragment)
+        assert self._fd is not None
+        try:
+            _write_all(self._fd, fragment)
+        except OSError as exc:
+            self._refuse_io(exc)
+            return
+        self._size += len(fragment)
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (an unacknowledged instance leaves nothing)."""
+        fd, tmp, self._fd, self._tmp = self._fd, self._tmp, None, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def finish(self) -> Stored:
+        """Raises: RejectedInstance with the status to answer; nothing is left behind then."""
+        try:
+            return self._finish()
+        except BaseException:
+            self.discard()
+            raise
+
+    def _finish(self) -> Stored:
+        if self.refusal is not None:
+            raise self.refusal
+        assert self._tmp is not None and self._fd is not None
+        ingest, spool = self.ingest, self.ingest.spool
+        uids = examine(self._tmp, self.context_sop_class, ingest.max_instance_bytes)
+        digest = self._hash.hexdigest()
+        path = spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
+        ref = InstanceRef(
+            sop_class_uid=uids["SOPClassUID"],
+            sop_instance_uid=uids["SOPInstanceUID"],
+            series_instance_uid=uids["SeriesInstanceUID"],
+            study_instance_uid=uids["StudyInstanceUID"],
+            path=str(path),
+            sha256=digest,
+            size=self._size,
+        )
+        modality = uids["Modality"][:16]
+        if ingest.queue.has_instance(ref.sop_instance_uid, digest):
+            self.discard()
+        else:
+            try:
+                if spool.free_bytes() < ingest.min_free_bytes:
+                    raise RejectedInstance(status.OUT_OF_RESOURCES, "free space below storage.min_free_bytes")
+                fd, tmp, self._fd, self._tmp = self._fd, self._tmp, None, None
+                spool.commit(fd, tmp, path)
+            except OSError as exc:
+                reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
+                raise RejectedInstance(status.OUT_OF_RESOURCES, reason) from exc
+        try:
+            outcome = ingest.queue.add_instance(ref, modality, self.assoc)
+        except sqlite3.Error as exc:
+            raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
+        return Stored(ref, modality, outcome)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def dataset_offset(part10: bytes) -> int:
@@ -122,7 +228,7 @@ def dataset_offset(part10: bytes) -> int:
     return 144 + int.from_bytes(part10[140:144], "little")
 
 
-def examine(part10: bytes, context_sop_class: str, max_instance_bytes: int) -> dict[str, str]:
+def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: int) -> dict[str, str]:
     """Everything decided from the received bytes alone (no disk): the identifying UIDs, or why not.
 
     Raises:
@@ -152,15 +258,30 @@ def examine(part10: bytes, context_sop_class: str, max_instance_bytes: int) -> d
     return uids
 
 
-def parse_header(part10: bytes) -> pydicom.Dataset:
+_PROBE = 65536  # a header this long is read from the file for the fast path; longer ones go to pydicom
+
+
+def parse_header(part10: bytes | Path) -> Mapping[str, Any] | pydicom.Dataset:
     """Read the identifying attributes only; pixel data stays as received.
 
     Raises:
         RejectedInstance: 0xC000 when the bytes are not a DICOM data set.
     """
+    if isinstance(part10, Path):
+        with part10.open("rb") as f:
+            probe = f.read(_PROBE + 1)
+        complete = len(probe) <= _PROBE
+    else:
+        probe, complete = part10, True
+    ts = meta_transfer_syntax(probe)
+    if ts is not None and len(probe) >= 144:
+        fast = fast_header(memoryview(probe)[144 + int.from_bytes(probe[140:144], "little"):], ts, complete)
+        if fast is not None:
+            return fast
     try:
         tags = _HEADER_TAGS + _GEOMETRY_TAGS
-        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True, specific_tags=tags)
+        source = str(part10) if isinstance(part10, Path) else io.BytesIO(part10)
+        ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=tags)
         for key in tags:
             ds.get(key)  # force decoding of each element now, inside this try
     except Exception as exc:  # untrusted bytes: any parser failure means "cannot understand"
@@ -170,7 +291,7 @@ def parse_header(part10: bytes) -> pydicom.Dataset:
 
 
 
-def decoded_size(header: pydicom.Dataset) -> int:
+def decoded_size(header: Mapping[str, Any] | pydicom.Dataset) -> int:
     """Rows x Columns x Frames x SamplesPerPixel x BitsAllocated/8, from the header alone (0 without pixels).
 
     Raises:

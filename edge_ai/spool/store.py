@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shutil
 from pathlib import Path
+
+_serial = itertools.count()
 
 
 class Spool:
@@ -19,6 +22,7 @@ class Spool:
         self.instances = root / "instances"
         self.reports = root / "reports"
         self.tmp = root / "tmp"
+        self.quarantined = root / "quarantine"
         for d in (self.instances, self.reports, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         self.clean_tmp()
@@ -42,6 +46,56 @@ class Spool:
     def report_path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.reports / f"{digest}.dcm"
+
+    def open_tmp(self) -> tuple[int, Path]:
+        """A new temporary file in the spool's file system, for an instance while it arrives."""
+        tmp = self.tmp / f"rx-{os.getpid()}-{next(_serial)}.part"
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), tmp
+
+    def commit(self, fd: int, tmp: Path, path: Path) -> None:
+        """Make the open `tmp` durable as `path`: rename, fsync the file, fsync its directory; closes `fd`.
+
+        The rename comes before the file's fsync so that one journal commit carries the data and the
+        new name (on ext4 the directory fsync that follows then finds nothing left to write). A crash
+        before the fsync returns can leave a partial file under `path`; it was never acknowledged,
+        and its content no longer matches its hashed name, which is how `Ingest.recover_orphans`
+        recognises and quarantines it.
+
+        Raises:
+            OSError: nothing is left at `path` or in tmp then.
+        """
+        directory = path.parent
+        new_dir = not directory.exists()
+        try:
+            try:
+                if new_dir:
+                    directory.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
+            try:
+                os.fsync(fd)
+            except BaseException:
+                # not durable: take it back out, unless a concurrent store of the same content replaced it
+                with contextlib.suppress(OSError):
+                    if os.path.samestat(os.fstat(fd), os.stat(path)):
+                        path.unlink()
+                raise
+        finally:
+            os.close(fd)
+        fsync_dir(directory)
+        if new_dir:
+            fsync_dir(directory.parent)
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a spool file that cannot be trusted out of the way, keeping it for inspection."""
+        self.quarantined.mkdir(parents=True, exist_ok=True)
+        target = self.quarantined / path.name
+        os.replace(path, target)
+        fsync_dir(self.quarantined)
+        return target
 
     def write(self, path: Path, chunks: list[bytes] | bytes) -> None:
         """Write durably; on any error nothing is left at `path` or in tmp.

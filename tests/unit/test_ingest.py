@@ -151,19 +151,51 @@ def test_low_disk_space_is_a700_and_nothing_written(spool: Spool, queue: Queue) 
     assert stored_files(spool) == [] and list(spool.tmp.iterdir()) == [] and indexed(queue) == 0
 
 
+@pytest.mark.parametrize("where", ["while the data set arrives", "at fsync"])
 def test_disk_full_during_write_is_a700_and_nothing_indexed(
-    ingest: Ingest, spool: Spool, queue: Queue, monkeypatch: pytest.MonkeyPatch
+    ingest: Ingest, spool: Spool, queue: Queue, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """A write that hits ENOSPC answers 0xA700; the instance is neither on disk nor in the index."""
+    """A write or fsync that hits ENOSPC answers 0xA700; the instance is neither on disk, nor left in
+    tmp, nor in the index."""
 
-    def full(path: Path, chunks: object) -> None:
+    def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool, "write", full)
     part10, dataset, _ = ct_part10()
+    receiving = ingest.receive(part10[:len(part10) - len(dataset)], CT_IMAGE, "assoc-1")
+    if where == "at fsync":
+        monkeypatch.setattr(os, "fsync", full)
+    else:
+        monkeypatch.setattr("edge_ai.spool.ingest._write_all", full)
+    receiving.write(memoryview(dataset))
     with pytest.raises(RejectedInstance) as info:
-        ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
+        receiving.finish()
     assert info.value.status == 0xA700 and "disk full" in info.value.reason
+    assert stored_files(spool) == [] and list(spool.tmp.iterdir()) == [] and indexed(queue) == 0
+
+
+def test_streamed_instance_is_the_same_file_as_one_stored_whole(ingest: Ingest, spool: Spool) -> None:
+    """Fed in 7-byte fragments, the spool keeps exactly the received bytes under the same content hash."""
+    part10, dataset, _ = ct_part10()
+    receiving = ingest.receive(part10[:len(part10) - len(dataset)], CT_IMAGE, "assoc-1")
+    for i in range(0, len(dataset), 7):
+        receiving.write(memoryview(dataset)[i:i + 7])
+    stored = receiving.finish()
+    assert Path(stored.ref.path).read_bytes() == part10
+    assert stored.ref.size == len(part10) and list(spool.tmp.iterdir()) == []
+
+
+def test_data_set_above_max_instance_bytes_is_refused_while_it_arrives(spool: Spool, queue: Queue) -> None:
+    """A data set whose encoded size passes storage.max_instance_bytes stops being written at that
+    point (memory and disk stay flat) and is answered 0xC000 naming the key."""
+    part10, dataset, _ = ct_part10()
+    ingest = Ingest(spool, queue, min_free_bytes=0, max_instance_bytes=64)
+    receiving = ingest.receive(part10[:len(part10) - len(dataset)], CT_IMAGE, "assoc-1")
+    receiving.write(memoryview(dataset))
+    assert list(spool.tmp.iterdir()) == []
+    with pytest.raises(RejectedInstance) as info:
+        receiving.finish()
+    assert info.value.status == 0xC000 and "storage.max_instance_bytes" in info.value.reason
     assert stored_files(spool) == [] and indexed(queue) == 0
 
 

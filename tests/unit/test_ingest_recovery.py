@@ -40,7 +40,8 @@ def test_files_missing_from_the_index_are_indexed_again(tmp_path: Path) -> None:
 
 
 def test_a_damaged_file_is_reported_not_indexed(tmp_path: Path) -> None:
-    """A spool file whose bytes no longer match its name is reported and left out of the index."""
+    """A spool file whose bytes no longer match its name (a store cut off between its rename and its
+    fsync, or damage) is reported, moved to quarantine and left out of the index."""
     first = _ingest(tmp_path)
     part10, dataset, _ = ct_part10()
     stored = first.store(part10, dataset, CT_IMAGE, "a1")
@@ -49,5 +50,7 @@ def test_a_damaged_file_is_reported_not_indexed(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10] + b"\x00" * 10)
     after = _ingest(tmp_path, db="rolled-back.sqlite3")
     problems = after.recover_orphans()
-    assert len(problems) == 1 and "does not match" in problems[0]
+    assert len(problems) == 1 and "does not match" in problems[0] and "quarantine" in problems[0]
     assert after.queue.instance_paths() == set()
+    assert not path.exists() and (tmp_path / "spool" / "quarantine" / path.name).exists()
+    assert after.recover_orphans() == []  # reported once, not at every start

@@ -1,0 +1,166 @@
+"""The few header attributes ingest decides on, read straight from the received bytes.
+
+Reading a CT slice's header with pydicom costs about as much as storing the slice; this reads the
+identifying UIDs and the image geometry from an uncompressed-header data set (implicit or explicit
+VR little endian, which is every transfer syntax the node accepts except deflate) in one pass over
+the top-level elements, skipping sequences. Anything it does not expect (deflate, tags out of
+order, a value of an odd length or VR, an element running past the bytes it was given) makes it
+return None, and the caller asks pydicom, whose answer is the reference: this is a fast path only.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+EXPLICIT_LE_FAMILY = frozenset({
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2.5",  # RLE lossless
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+})
+IMPLICIT_LE = "1.2.840.10008.1.2"
+
+# tag -> (keyword, kind): kind "ui"/"cs" text, "us" unsigned short, "is" integer string
+WANTED: dict[int, tuple[str, str]] = {
+    0x00080016: ("SOPClassUID", "ui"),
+    0x00080018: ("SOPInstanceUID", "ui"),
+    0x00080060: ("Modality", "cs"),
+    0x0020000D: ("StudyInstanceUID", "ui"),
+    0x0020000E: ("SeriesInstanceUID", "ui"),
+    0x00280002: ("SamplesPerPixel", "us"),
+    0x00280008: ("NumberOfFrames", "is"),
+    0x00280010: ("Rows", "us"),
+    0x00280011: ("Columns", "us"),
+    0x00280100: ("BitsAllocated", "us"),
+}
+_LAST = max(WANTED)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_EXPECTED_VR = {"ui": b"UI", "cs": b"CS", "us": b"US", "is": b"IS"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_TAG = struct.Struct("<HH")
+_MAX_DEPTH = 16
+
+
+class _Unexpected(Exception):
+    pass
+
+
+def fast_header(data: bytes | bytearray | memoryview, transfer_syntax: str,
+                complete: bool = True) -> dict[str, Any] | None:
+    """The WANTED attributes present in `data` (a data set, no file meta), or None: ask pydicom.
+
+    `complete` is False when `data` is only the start of the data set.
+    """
+    if transfer_syntax == IMPLICIT_LE:
+        explicit = False
+    elif transfer_syntax in EXPLICIT_LE_FAMILY:
+        explicit = True
+    else:
+        return None
+    view = memoryview(data)
+    found: dict[str, Any] = {}
+    try:
+        pos, previous = 0, -1
+        while pos < len(view):
+            tag, vr, length, pos = _element_header(view, pos, explicit)
+            if tag <= previous:
+                return None
+            previous = tag
+            if tag > _LAST:
+                return found
+            if length == _UNDEFINED:
+                if vr not in (None, b"SQ"):
+                    return None  # UN of undefined length is implicit VR inside: pydicom's business
+                pos = _skip_undefined(view, pos, explicit, 0)
+                continue
+            if pos + length > len(view):
+                return None
+            wanted = WANTED.get(tag)
+            if wanted is not None:
+                keyword, kind = wanted
+                if vr is not None and vr != _EXPECTED_VR[kind]:
+                    return None
+                found[keyword] = _value(view[pos:pos + length], kind)
+            pos += length
+    except (_Unexpected, struct.error, ValueError, UnicodeDecodeError):
+        return None
+    return found if complete else None
+
+
+def meta_transfer_syntax(part10: bytes | bytearray | memoryview) -> str | None:
+    """(0002,0010) from a Part-10 file's meta group (explicit VR little endian), or None."""
+    view = memoryview(part10)
+    if bytes(view[128:132]) != b"DICM":
+        return None
+    end = 144 + int.from_bytes(view[140:144], "little")
+    pos = 132
+    try:
+        while pos < min(end, len(view)):
+            tag, _, length, pos = _element_header(view, pos, True)
+            if tag == 0x00020010:
+                return bytes(view[pos:pos + length]).decode("ascii").rstrip(" \x00")
+            if length == _UNDEFINED:
+                return None
+            pos += length
+    except (_Unexpected, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _element_header(view: memoryview, pos: int, explicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR or None, value length, position of the value)."""
+    if pos + 8 > len(view):
+        raise _Unexpected
+    group, elem = _TAG.unpack_from(view, pos)
+    tag = group << 16 | elem
+    if group == 0xFFFE:  # item and delimitation tags have no VR even in explicit VR
+        return tag, None, int.from_bytes(view[pos + 4:pos + 8], "little"), pos + 8
+    if not explicit:
+        return tag, None, int.from_bytes(view[pos + 4:pos + 8], "little"), pos + 8
+    vr = bytes(view[pos + 4:pos + 6])
+    if vr in _LONG_VRS:
+        if pos + 12 > len(view):
+            raise _Unexpected
+        return tag, vr, int.from_bytes(view[pos + 8:pos + 12], "little"), pos + 12
+    if not (vr.isalpha() and vr.isupper()):
+        raise _Unexpected
+    return tag, vr, int.from_bytes(view[pos + 6:pos + 8], "little"), pos + 8
+
+
+def _skip_undefined(view: memoryview, pos: int, explicit: bool, depth: int) -> int:
+    """Past an undefined-length sequence (its items, then the sequence delimiter)."""
+    if depth > _MAX_DEPTH:
+        raise _Unexpected
+    while True:
+        tag, _, length, pos = _element_header(view, pos, explicit)
+        if tag == _SEQ_END:
+            return pos
+        if tag != _ITEM:
+            raise _Unexpected
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        while True:  # an undefined-length item: its elements until the item delimiter
+            tag, _, length, pos = _element_header(view, pos, explicit)
+            if tag == _ITEM_END:
+                break
+            pos = _skip_undefined(view, pos, explicit, depth + 1) if length == _UNDEFINED else pos + length
+        if pos > len(view):
+            raise _Unexpected
+
+
+def _value(raw: memoryview, kind: str) -> Any:
+    if kind == "us":
+        if len(raw) != 2:
+            raise _Unexpected  # a multi-valued or odd US: pydicom decides what that means
+        return int.from_bytes(raw, "little")
+    text = bytes(raw).decode("ascii").rstrip(" \x00")
+    if "\\" in text or text[:1].isspace():
+        raise _Unexpected
+    if kind == "is":
+        if not text.isdigit():
+            raise _Unexpected
+        return int(text)
+    return text

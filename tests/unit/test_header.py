@@ -1,0 +1,98 @@
+"""edge_ai.spool.header: the fast header read agrees with pydicom, or declines and lets pydicom decide."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from edge_ai import phantoms
+from edge_ai.spool import ingest
+from edge_ai.spool.header import fast_header, meta_transfer_syntax
+
+KEYS = ingest._HEADER_TAGS + ingest._GEOMETRY_TAGS
+IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+
+
+def _split(part10: bytes) -> tuple[str, memoryview]:
+    ts = meta_transfer_syntax(part10)
+    assert ts is not None
+    return ts, memoryview(part10)[ingest.dataset_offset(part10):]
+
+
+def _reference(part10: bytes) -> dict[str, object]:
+    ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True, specific_tags=KEYS)
+    return {k: ds.get(k) for k in KEYS if k in ds}
+
+
+def _ct_with_sequence(ts: str, undefined: bool) -> bytes:
+    ds, _ = phantoms.ct_case(np.random.default_rng(2), slices=1, size=32, lesion=False)
+    ds = ds[0]
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = "1.2.4", "1.2.3"
+    nested = Dataset()
+    nested.CodeValue = "X"
+    item.PurposeOfReferenceCodeSequence = Sequence([nested])
+    ds.ReferencedImageSequence = Sequence([item, item])
+    for seq in (ds.ReferencedImageSequence, item.PurposeOfReferenceCodeSequence):
+        seq.is_undefined_length = undefined
+        for it in seq:
+            it.is_undefined_length_sequence_item = undefined
+    ds.file_meta.TransferSyntaxUID = ts
+    buf = io.BytesIO()
+    ds.save_as(buf, implicit_vr=ts == IMPLICIT, little_endian=True, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("ts", [IMPLICIT, EXPLICIT])
+@pytest.mark.parametrize("undefined", [True, False])
+def test_agrees_with_pydicom_across_sequences(ts: str, undefined: bool) -> None:
+    """Nested sequences of defined and undefined length are skipped; the values are pydicom's."""
+    part10 = _ct_with_sequence(ts, undefined)
+    fast = fast_header(*_split(part10)[::-1])
+    assert fast is not None and fast == _reference(part10)
+    assert fast["Modality"] == "CT" and fast["Rows"] == 32
+
+
+def test_agrees_with_pydicom_on_its_own_test_files() -> None:
+    """Every bundled pydicom test file the fast path takes gives pydicom's values (and it takes most)."""
+    root = Path(pydicom.data.__file__).parent / "test_files"
+    taken = 0
+    for path in sorted(root.rglob("*.dcm")):
+        part10 = path.read_bytes()
+        ts = meta_transfer_syntax(part10)
+        if ts is None or len(part10) < 144:
+            continue
+        fast = fast_header(memoryview(part10)[ingest.dataset_offset(part10):], ts)
+        if fast is None:
+            continue
+        taken += 1
+        assert fast == _reference(part10), path.name
+    assert taken >= 20
+
+
+def test_declines_what_it_does_not_read() -> None:
+    """Deflate, a cut-off probe and tags out of order go to pydicom (None), never a guess."""
+    part10 = _ct_with_sequence(EXPLICIT, True)
+    ts, data = _split(part10)
+    assert fast_header(data, "1.2.840.10008.1.2.1.99") is None
+    assert fast_header(data[:40], ts, complete=False) is None
+    raw = bytes(data)
+    one = 8 + int.from_bytes(raw[6:8], "little")  # two short-VR elements at the start, swapped
+    two = one + 8 + int.from_bytes(raw[one + 6:one + 8], "little")
+    assert fast_header(raw[one:two] + raw[:one] + raw[two:], ts) is None
+
+
+def test_examine_of_a_file_and_of_its_bytes_agree(tmp_path: Path) -> None:
+    """ingest.examine reads a spool file's header (fast path) exactly as it reads the same bytes."""
+    part10 = _ct_with_sequence(EXPLICIT, True)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10)
+    sop_class = pydicom.dcmread(path).SOPClassUID
+    assert ingest.examine(path, sop_class, 10**9) == ingest.examine(part10, sop_class, 10**9)
