@@ -8,8 +8,12 @@ Sections (default: all):
           (no fsync), Orthanc (fsync) and the node (Success only after fsync): instances/s and ratios.
   ct      CT time-to-result: association release (storescu exit) -> SR stored in Orthanc, and the
           model's slices/s on this CPU (from the node's audit), with the node's peak RSS.
+  rss     Node memory on a ~1 GB study (--rss-slices x 512 x 512 CT, one series, one association):
+          RSS when idle, peak while receiving, peak while processing, and VmHWM, against 300 MB.
+          Not part of the default run (it writes ~2 GB to disk and takes a few minutes).
 
-Usage: python scripts/bench.py [dx ingest ct] [--sends 20] [--dx-size 2048] [--ct-slices 300]
+Usage: python scripts/bench.py [dx ingest ct rss] [--sends 20] [--dx-size 2048] [--ct-slices 300]
+       [--rss-slices 2000]
 Needs DCMTK and Orthanc (make system-deps). Prints tables; exits 0.
 """
 
@@ -109,6 +113,23 @@ def ct_files(folder: Path, slices: int, seed: int = 3) -> list[Path]:
     return paths
 
 
+def big_ct_files(folder: Path, slices: int, seed: int = 7) -> list[Path]:
+    """One CT series of `slices` 512 x 512 slices (~0.5 MB each) without holding the volume in memory:
+    a 60-slice phantom repeated along z with new instance UIDs and positions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base, _ = phantoms.ct_case(np.random.default_rng(seed), slices=60, size=512, lesion=True)
+    paths = []
+    for i in range(slices):
+        ds = base[i % len(base)]
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], -5.0 * i]
+        ds.SliceLocation = -5.0 * i
+        paths.append(folder / f"ct{i:05d}.dcm")
+        phantoms.write_dataset(ds, paths[-1])
+    return paths
+
+
 def reidentify(files: list[Path], folder: Path) -> list[Path]:
     """Copies of a series with new UIDs, so a receiver that deduplicates still stores every instance."""
     import pydicom
@@ -133,12 +154,40 @@ def wait_instances(pacs: Orthanc, more_than: int, timeout: float = 120) -> float
     return time.perf_counter()
 
 
-def peak_rss_mb(node: NodeProcess) -> float:
+def peak_rss_mb(node: NodeProcess, field: str = "VmHWM") -> float:
     assert node.proc is not None
     for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class RssSampler:
+    """Samples the node's VmRSS every 20 ms; `mark(phase)` starts a new phase, `peaks` per phase in MB."""
+
+    def __init__(self, node: NodeProcess) -> None:
+        import threading
+
+        self.node, self.phase, self.peaks = node, "idle", {"idle": peak_rss_mb(node, "VmRSS")}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                rss = peak_rss_mb(self.node, "VmRSS")
+            except OSError:
+                return
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+
+    def mark(self, phase: str) -> None:
+        self.phase = phase
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
 
 
 # ---- sections ------------------------------------------------------------------------------------
@@ -240,12 +289,49 @@ def bench_ct(work: Path, slices: int) -> None:
     print(json.dumps({"runtime": inference["runtime"], "model": inference["model"]}))
 
 
+def bench_rss(work: Path, slices: int) -> None:
+    files = big_ct_files(work / "ct-rss", slices)
+    size_gb = sum(f.stat().st_size for f in files) / 1e9
+    pacs = Orthanc(work / "orthanc-rss").start()
+    node = start_node(work, "node-rss", pacs)
+    try:
+        time.sleep(1.0)  # settled after start-up (model self-tests)
+        sampler = RssSampler(node)
+        before = pacs.get("/statistics")["CountInstances"]
+        sampler.mark("receive")
+        start = time.perf_counter()
+        out = storescu(node.port, files, extra=("--max-pdu", str(MAX_PDU)))
+        released = time.perf_counter()
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        sampler.mark("process")
+        done = wait_instances(pacs, before, 900)
+        time.sleep(0.1)
+        peaks = sampler.stop()
+        hwm = peak_rss_mb(node)
+        inference = [e for e in node.audit_events() if e["event"] == "inference"][-1]
+    finally:
+        node.stop()
+        pacs.stop()
+    table(f"Node memory, one CT series of {slices} slices 512x512 ({size_gb:.2f} GB)", ("measure", "value"), [
+        ("send (storescu start -> release)", f"{released - start:.1f} s"),
+        ("release -> SR stored in Orthanc", f"{done - released:.1f} s"),
+        ("inference+imaging (audit)", f"{inference['duration_s']:.1f} s"),
+        ("node RSS idle (after start-up)", f"{peaks['idle']:.0f} MB"),
+        ("node peak RSS while receiving", f"{peaks.get('receive', float('nan')):.0f} MB"),
+        ("node peak RSS while processing", f"{peaks.get('process', float('nan')):.0f} MB"),
+        ("node VmHWM (whole run, start-up included)", f"{hwm:.0f} MB"),
+    ])
+    print(f"target VmHWM <= 300 MB whatever the study size: {'met' if hwm <= 300 else 'NOT met'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sections", nargs="*", default=["dx", "ingest", "ct"], choices=["dx", "ingest", "ct"])
+    parser.add_argument("sections", nargs="*", default=["dx", "ingest", "ct"], choices=["dx", "ingest", "ct", "rss"])
     parser.add_argument("--sends", type=int, default=20)
     parser.add_argument("--dx-size", type=int, default=2048)
     parser.add_argument("--ct-slices", type=int, default=300)
+    parser.add_argument("--rss-slices", type=int, default=2000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edge-ai-bench-") as tmp:
         work = Path(tmp)
@@ -255,6 +341,8 @@ def main() -> int:
             bench_ingest(work, args.ct_slices)
         if "ct" in args.sections:
             bench_ct(work, args.ct_slices)
+        if "rss" in args.sections:
+            bench_rss(work, args.rss_slices)
     return 0
 
 
