@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from edge_ai.config import Route
 from edge_ai.dicom.contexts import NOT_INFERRED
@@ -90,9 +93,7 @@ class Pipeline:
         refs = self.queue.series_instances(job.series_id)
         if not refs:
             raise ImagingError("series has no stored instances")
-        read = [_read_header(r) for r in refs]
-        headers = [h for h, _ in read]
-        offsets = [offset for _, offset in read]
+        headers, offsets = _read_headers(refs)
         decisions = route(self.routes, headers[0], self.destinations)
         if not decisions:
             self.audit("series.not_routed", job=job.id, series_uid=job.series_uid, modality=job.modality,
@@ -246,6 +247,73 @@ def _padded_size(sizes: list[int], n: int) -> int:
     """The smallest batch size the package declares that holds n (the runtime may need exact sizes)."""
     fitting = [s for s in sorted(sizes) if s >= n]
     return fitting[0] if fitting else n
+
+
+# What the worker and the SR need of every instance but two (see _read_headers); a full header is
+# ~25 KB of Python objects, so keeping them all made the node's RSS grow ~50 MB per 2000 slices.
+_SLIM_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",  # identity, evidence
+    "InstanceNumber", "ImagePositionPatient",  # slice and evidence order
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "NumberOfFrames",  # pixel module
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",  # LUT, VOI window
+)
+# Headers with these keep everything: their LUT/VOI/frame handling reads more than the list above
+_FULL_IF_PRESENT = ("ModalityLUTSequence", "VOILUTSequence", "SharedFunctionalGroupsSequence",
+                    "PerFrameFunctionalGroupsSequence")
+
+
+_SLIM_TAGS = tuple(Tag(k) for k in _SLIM_KEYWORDS)
+_FULL_IF_TAGS = tuple(Tag(k) for k in _FULL_IF_PRESENT)
+
+
+def _slim(header: Dataset, metas: dict[str, FileMetaDataset]) -> Dataset:
+    """The elements of `header` in _SLIM_KEYWORDS (copied as read, not converted) and its transfer
+    syntax, in a File Meta shared by all headers of that syntax (`metas`, never modified)."""
+    if any(tag in header for tag in _FULL_IF_TAGS):
+        return header
+    slim = Dataset()
+    for tag in _SLIM_TAGS:
+        element = header.get_item(tag)
+        if element is not None:
+            slim[tag] = element
+    syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in metas:
+        metas[syntax] = FileMetaDataset()
+        if syntax:
+            metas[syntax].TransferSyntaxUID = UID(syntax)
+    slim.file_meta = metas[syntax]
+    return slim
+
+
+def _evidence_order(ds: Dataset) -> tuple[int, str]:
+    """build_sr's evidence order: the first of it gives the SR its patient/study attributes."""
+    return (int(ds.get("InstanceNumber") or 0), str(ds.SOPInstanceUID))
+
+
+def _read_headers(refs: Sequence[InstanceRef]) -> tuple[list[Dataset], list[int | None]]:
+    """Every instance's header and Pixel Data offset, memory bounded by the series' size in slim headers.
+
+    Two headers stay whole: the first in arrival order (routing reads it) and the first in
+    `_evidence_order` (the SR copies patient, study and equipment attributes from it). The rest
+    keep `_SLIM_KEYWORDS`: what ordering, preprocessing and the SR's evidence list read.
+    """
+    headers: list[Dataset] = []
+    offsets: list[int | None] = []
+    best: tuple[tuple[int, str], int] | None = None
+    metas: dict[str, FileMetaDataset] = {}
+    for index, ref in enumerate(refs):
+        header, offset = _read_header(ref)
+        offsets.append(offset)
+        key = _evidence_order(header)
+        if best is None or key < best[0]:
+            if best is not None and best[1] != 0:
+                headers[best[1]] = _slim(headers[best[1]], metas)
+            best = (key, index)
+            headers.append(header)
+        else:
+            headers.append(header if index == 0 else _slim(header, metas))
+    return headers, offsets
 
 
 def _read_header(ref: InstanceRef) -> tuple[Dataset, int | None]:
