@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -273,12 +274,15 @@ def bench_ct(work: Path, slices: int) -> None:
         released = time.perf_counter()
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-2000:])
+        released_wall = time.time()
         done = wait_instances(pacs, before, 300)
         rss = peak_rss_mb(node)
-        inference = [e for e in node.audit_events() if e["event"] == "inference"][-1]
+        events = node.audit_events()
+        inference = [e for e in events if e["event"] == "inference"][-1]
     finally:
         node.stop()
         pacs.stop()
+    timeline(events, released_wall, done - released)
     table(f"CT {slices} slices 512x512", ("measure", "value"), [
         ("send (storescu start -> release)", f"{released - start:.2f} s"),
         ("release -> SR stored in Orthanc", f"{done - released:.2f} s"),
@@ -287,6 +291,23 @@ def bench_ct(work: Path, slices: int) -> None:
         ("node peak RSS", f"{rss:.0f} MB"),
     ])
     print(json.dumps({"runtime": inference["runtime"], "model": inference["model"]}))
+
+
+def timeline(events: list[dict[str, Any]], released: float, stored: float) -> None:
+    """When each step of the job ended, in seconds after storescu exited (audit times, 1 ms)."""
+    import datetime
+
+    steps = [("job.state", "inferring", "job claimed by the worker"), ("inference", None, "imaging + inference done"),
+             ("sr.created", None, "SR built, written, fsync'd"), ("job.state", "reported", "job reported")]
+    rows = []
+    for event, state, label in steps:
+        hits = [e for e in events
+                if e["event"] == event and (state is None or state in (e.get("state"), e.get("outcome")))]
+        if hits:
+            at = datetime.datetime.fromisoformat(hits[-1]["time"].replace("Z", "+00:00")).timestamp()
+            rows.append((label, f"{at - released:+.2f} s"))
+    rows.append(("SR stored in Orthanc (REST poll)", f"{stored:+.2f} s"))
+    table("CT job timeline (audit time - storescu exit)", ("step", "at"), rows)
 
 
 def bench_rss(work: Path, slices: int) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ from edge_ai.spool.queue import Job, Queue, ReportRow
 from edge_ai.spool.store import Spool
 
 Audit = Callable[..., None]
+
+IMAGING_THREADS = 2  # preprocessing threads beside the engine; CT 300 in-process 4.0 -> 3.0 ms/slice on 2 cores
+PREFETCH_BATCHES = 2  # batches preprocessed ahead of the one the engine runs (1: 3.1, 2: 3.0, 4: 3.1 ms/slice)
 
 
 @dataclass(frozen=True)
@@ -163,15 +168,22 @@ class Pipeline:
                  for p in pairs]
         probs, boxes = [], []
         started = time.monotonic()
-        # One decoded instance at a time (memory stays flat whatever the series size). Decoding on
-        # a thread pool was measured slower here: pydicom's parsing holds the GIL.
-        for start in range(0, len(pairs), batch_size):
-            batch = [_tensor(p, pkg.preprocessing) for p in pairs[start : start + batch_size]]
-            for tensor in batch:
-                self.on_tensor(pkg.name, tensor)
-            out = engine.run(pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch))))
-            probs.append(out.probability[: len(batch)])
-            boxes.append(out.box[: len(batch)])
+        batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+        # Preprocessing runs on IMAGING_THREADS threads, at most the next PREFETCH_BATCHES batches ahead
+        # of the engine, so memory stays flat whatever the series size. It is numpy and file reads on
+        # the native path, which release the GIL (pydicom's decoder, which holds it, is the exception).
+        with ThreadPoolExecutor(IMAGING_THREADS, thread_name_prefix="imaging") as pool:
+            pending: deque[list[Future[np.ndarray]]] = deque()
+            for index, batch_sources in enumerate(batches):
+                while len(pending) <= PREFETCH_BATCHES and index + len(pending) < len(batches):
+                    ahead = batches[index + len(pending)]
+                    pending.append([pool.submit(_tensor, p, pkg.preprocessing) for p in ahead])
+                batch = [f.result() for f in pending.popleft()]
+                for tensor in batch:
+                    self.on_tensor(pkg.name, tensor)
+                out = engine.run(pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch))))
+                probs.append(out.probability[: len(batch_sources)])
+                boxes.append(out.box[: len(batch_sources)])
         self.on_stage("imaging+inference", time.monotonic() - started)
         return summarize(pkg, engine.runtime, infos, Outputs(np.concatenate(probs), np.concatenate(boxes)))
 
