@@ -267,6 +267,11 @@ def vm_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Start VmHWM again from the current RSS (Linux: 5 to clear_refs), so a later peak is this test's."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def echo_ok(port: int, *extra: str, calling: str = "MODALITY", timeout: float = 30) -> bool:
     """True when DCMTK echoscu gets Success from the node."""
     out = dcmtk("echoscu", "-aet", calling, "-aec", "EDGE_AI", "-to", "5", "-ta", "5", "-td", "5", *extra,

@@ -25,7 +25,16 @@ class Spool:
         self.quarantined = root / "quarantine"
         for d in (self.instances, self.reports, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
+        self._make_buckets()
         self.clean_tmp()
+
+    def _make_buckets(self) -> None:
+        """All 256 instance folders up front (made durable once), so no store pays for a new folder."""
+        missing = [self.instances / f"{i:02x}" for i in range(256) if not (self.instances / f"{i:02x}").is_dir()]
+        for bucket in missing:
+            bucket.mkdir(exist_ok=True)
+        if missing:
+            fsync_dir(self.instances)
 
     def clean_tmp(self) -> None:
         """Temporary files left by a crash were never acknowledged: they can go."""
