@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,7 +202,7 @@ def test_data_set_above_max_instance_bytes_is_refused_while_it_arrives(spool: Sp
 
 def test_unwritable_spool_is_a700_and_nothing_indexed(ingest: Ingest, spool: Spool, queue: Queue) -> None:
     """A spool whose instances folder cannot be written (a file in its place) answers 0xA700."""
-    spool.instances.rmdir()
+    shutil.rmtree(spool.instances)
     spool.instances.write_bytes(b"")
     part10, dataset, _ = ct_part10()
     assert reject(ingest, part10, dataset) == 0xA700
