@@ -89,6 +89,7 @@ def _check_config(path: Path | None) -> int:
     from edge_ai.app import load_models
 
     cfg = _load(path)
+    _check_tls(cfg)
     served, checks = load_models(cfg)
     for c in checks:
         mark = "ok" if c.ok else "FAILED"
@@ -105,6 +106,29 @@ def _check_config(path: Path | None) -> int:
         return EXIT_INVALID
     print(f"{cfg.source}: valid ({len(served)} models, {len(cfg.destinations or [])} destinations)")
     return EXIT_OK
+
+
+def _check_tls(cfg: config_mod.Config) -> None:
+    """Build every TLS context the node would build, so a missing or unreadable certificate, key or CA
+    fails here, naming its key, rather than at `serve` or at the first delivery.
+
+    Raises:
+        ConfigError: naming the TLS block that does not load.
+    """
+    import ssl
+
+    from edge_ai.dicom.scu import client_tls_context
+    from edge_ai.dicom.tls import server_context
+
+    if cfg.node.tls.enabled:
+        server_context(cfg.node.tls)
+    for dest in cfg.destinations or []:
+        tls = getattr(dest, "tls", None)
+        if tls is not None and tls.enabled:
+            try:
+                client_tls_context(tls)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"destinations[{dest.name}].tls: cannot load: {exc}") from exc
 
 
 def _audit_verify(path: Path | None) -> int:

@@ -43,6 +43,7 @@ class StorageSCP:
         self.on_stored = on_stored
         self.on_release = on_release
         self.server: NodeServer | None = None
+        self._stopped: NodeServer | None = None  # kept after stop() for connections still closing
         # built now so a bad certificate, key or CA file fails at start with the key named
         self.ssl_context = server_context(node.tls) if node.tls.enabled else None
         self._supported = {VERIFICATION: list(TRANSFER_SYNTAXES)} | {uid: list(TRANSFER_SYNTAXES)
@@ -89,7 +90,7 @@ class StorageSCP:
         self._stopped = server
 
     def active(self) -> int:
-        server = self.server or getattr(self, "_stopped", None)
+        server = self.server or self._stopped
         return server.active() if server is not None else 0
 
     # ---- transport.Service ---------------------------------------------------------------------

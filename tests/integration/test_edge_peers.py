@@ -99,6 +99,22 @@ def test_tls_without_or_with_untrusted_client_certificate_is_refused(
     assert echo_ok(node.port, *tls_args(pki)), "a good client still gets in afterwards"
 
 
+def test_check_config_builds_the_tls_contexts(node_factory: Any, pki: dict[str, Path], tmp_path: Path) -> None:
+    """check-config loads the node's certificate, key and CA: a missing CA file is exit 2 naming
+    node.tls.ca_certificates, before anyone runs `serve` with it."""
+    good = node_factory(extra={"node": {"tls": {"enabled": True, "certificate": str(pki["server"]),
+                                                "private_key": str(pki["server_key"]),
+                                                "ca_certificates": str(pki["ca"])}}})
+    good.write_config()
+    assert good.cli("check-config").returncode == 0
+    bad = node_factory(extra={"node": {"tls": {"enabled": True, "certificate": str(pki["server"]),
+                                               "private_key": str(pki["server_key"]),
+                                               "ca_certificates": str(tmp_path / "missing-ca.pem")}}})
+    bad.write_config()
+    out = bad.cli("check-config")
+    assert out.returncode == 2 and "node.tls.ca_certificates" in out.stderr, out.stderr
+
+
 def test_plain_tcp_is_refused_on_tls_only_node(node_factory: Any, pki: dict[str, Path]) -> None:
     """A modality speaking plain DICOM to a TLS node gets no association."""
     node = _tls_node(node_factory, pki)
