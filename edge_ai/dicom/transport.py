@@ -315,6 +315,12 @@ class Connection:
         except _Closed as closed:
             if self._established and not closed.reported:
                 self.service.aborted(self.assoc, str(closed))
+        except Exception as exc:  # the thread's boundary: end this association cleanly, keep the node
+            reason = f"internal error: {type(exc).__name__}"
+            with contextlib.suppress(Exception):
+                self._send(pdu.encode_abort(0x02, 0x00))
+            with contextlib.suppress(Exception):
+                self._alert("association.aborted", reason)
         finally:
             if self._admitted:
                 self.policy.leave()
