@@ -278,7 +278,7 @@ class App:
         return self.shutdown()
 
     def _healthy(self) -> bool:
-        return self.scp.server is not None and all(t.is_alive() for t in self._threads)
+        return self.scp.healthy() and all(t.is_alive() for t in self._threads)
 
     def _status_line(self) -> str:
         counts = self.queue.counts()

@@ -7,6 +7,7 @@ Every rejection goes to the audit log with its reason; errors become statuses he
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,9 @@ class StorageSCP:
             server.close_all()
         self._stopped = server
 
+    def healthy(self) -> bool:
+        return self.server is not None and self.server.healthy()
+
     def active(self) -> int:
         server = self.server or self._stopped
         return server.active() if server is not None else 0
@@ -99,7 +103,15 @@ class StorageSCP:
 
     def _transport_alert(self, event: str, **fields: Any) -> None:
         self.log.warning(event.replace(".", "_"), **{k: v for k, v in fields.items() if v is not None})
-        self.audit(event, **fields)
+        self._record(event, **fields)
+
+    def _record(self, event: str, **fields: Any) -> None:
+        """An audit line; if the audit cannot be written (its volume full), the DICOM exchange still gets
+        its proper answer and the failure is logged loudly instead of dropping the connection."""
+        try:
+            self.audit(event, **fields)
+        except Exception:
+            self.log.exception("audit_write_failed", audit_event=event, association=fields.get("association"))
 
     def echo(self, assoc: Association) -> int:
         return status.SUCCESS
@@ -110,7 +122,7 @@ class StorageSCP:
 
     def stored(self, assoc: Association, stored: Stored) -> None:
         ref, outcome = stored.ref, stored.outcome
-        self.audit(
+        self._record(
             "instance.stored",
             association=assoc.id,
             sop_class_uid=ref.sop_class_uid,
@@ -126,7 +138,7 @@ class StorageSCP:
             **assoc.fields(),
         )
         if outcome.conflict:
-            self.audit(
+            self._record(
                 "instance.conflict",
                 association=assoc.id,
                 sop_instance_uid=ref.sop_instance_uid,
@@ -138,7 +150,7 @@ class StorageSCP:
 
     def refused(self, assoc: Association, command: Command, code: int, reason: str) -> None:
         self.log.warning("instance_rejected", status=f"0x{code:04X}", reason=reason)
-        self.audit(
+        self._record(
             "instance.rejected",
             association=assoc.id,
             sop_class_uid=_printable(command.sop_class_uid),
@@ -150,23 +162,27 @@ class StorageSCP:
 
     def accepted(self, assoc: Association) -> None:
         refused = sorted(set(assoc.rejected_contexts))
-        self.audit("association.accepted", association=assoc.id, rejected_contexts=refused or None,
+        self._record("association.accepted", association=assoc.id, rejected_contexts=refused or None,
                    **assoc.fields())
 
     def rejected(self, assoc: Association, result: int, source: int, diagnostic: int, reason: str) -> None:
         fields = {**assoc.fields(), "result": result, "source": source, "diagnostic": diagnostic}
-        self.audit("association.rejected", reason=reason, **fields)
+        self._record("association.rejected", reason=reason, **fields)
         if (result, source, diagnostic) in _ALERTS:
             # PS3.15 A.5.3.11 Security Alert, event type (DCM 110126) Node Authentication
             self._transport_alert("security.alert", alert="node_authentication", reason=reason, **fields)
 
     def released(self, assoc: Association) -> None:
-        completed = self.ingest.queue.association_released(assoc.id)
-        self.audit("association.released", association=assoc.id, series_completed=completed)
+        try:
+            completed = self.ingest.queue.association_released(assoc.id)
+        except sqlite3.Error:  # its series then complete after grouping.series_timeout_s of silence
+            self.log.exception("release_not_recorded", association=assoc.id)
+            completed = None
+        self._record("association.released", association=assoc.id, series_completed=completed)
         self.on_release()
 
     def aborted(self, assoc: Association, reason: str) -> None:
-        self.audit("association.aborted", association=assoc.id, reason=reason, **assoc.fields())
+        self._record("association.aborted", association=assoc.id, reason=reason, **assoc.fields())
 
 
 def _printable(uid: str) -> str:
@@ -194,7 +210,7 @@ class _Store:
                                             "Affected SOP Instance UID missing or not a valid UID")
         else:
             prefix = pdu.file_meta(affected, command.sop_instance_uid, transfer_syntax, assoc.calling_ae)
-            self.receiving = scp.ingest.receive(prefix, abstract_syntax, assoc.id)
+            self.receiving = scp.ingest.receive(prefix, abstract_syntax, assoc.id, command.sop_instance_uid)
 
     def write(self, fragment: memoryview) -> None:
         if self.receiving is not None:

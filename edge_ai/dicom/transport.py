@@ -18,6 +18,7 @@ to the service's sink as they arrive (the spool's temporary file), never gathere
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import itertools
 import select
@@ -25,17 +26,20 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
-from edge_ai.dicom import pdu
+from edge_ai.dicom import pdu, status
 from edge_ai.dicom.pdu import Command, PDUError
 from edge_ai.dicom.tls import peer_identity
 
-# Non-P-DATA PDUs (association request with many contexts is the largest) never need more than this.
-CONTROL_PDU_LIMIT = 1024 * 1024
+# Non-P-DATA PDUs never need more than this: an A-ASSOCIATE-RQ proposing 128 presentation contexts with
+# several transfer syntaxes each (the most DICOM allows) is under 64 KiB.
+CONTROL_PDU_LIMIT = 128 * 1024
 _RJ_LOCAL_LIMIT = pdu.encode_associate_rj(0x02, 0x03, 0x02)
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 # A-ASSOCIATE-RJ (result, source, diagnostic) the acceptor answers with, in the order it checks them
 REJECTIONS = {
@@ -238,56 +242,77 @@ class Connection:
         self._body = bytearray(0)
         self._admitted = False
         self._established = False
+        self._artim = time.monotonic() + policy.acse_timeout  # the whole A-ASSOCIATE-RQ by then
 
     # ---- reading -------------------------------------------------------------------------------
-    def _recv_into(self, view: memoryview) -> None:
+    def _recv_into(self, view: memoryview, deadline: float, limit: str) -> None:
+        """Fill `view`; each read waits at most `timeouts.socket`, the whole at most until `deadline`
+        (`limit` names the setting that set it), so a peer trickling bytes cannot hold a slot."""
         got, n = 0, len(view)
         while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._drop(f"PDU not complete within {limit}")
+            self.sock.settimeout(min(self.policy.socket_timeout, left))
             try:
                 nread = self.sock.recv_into(view[got:], n - got)
             except TimeoutError:
-                stalled = f"peer stalled for {self.policy.socket_timeout:g} s in a PDU (node.timeouts.socket)"
-                self._alert("association.dropped", stalled)
-                raise _Closed(stalled, reported=True) from None
+                if time.monotonic() >= deadline:
+                    self._drop(f"PDU not complete within {limit}")
+                self._drop(f"peer stalled for {self.policy.socket_timeout:g} s in a PDU (node.timeouts.socket)")
             except OSError as exc:
                 raise _Closed(f"connection error: {exc.strerror or type(exc).__name__}") from None
             if nread == 0:
                 raise _Closed("connection closed by the peer")
             got += nread
 
-    def _read_pdu(self, idle_timeout: float, key: str = "node.timeouts.network") -> tuple[int, memoryview]:
-        """The next PDU's type and body; waits `idle_timeout` (config `key`) for it to start."""
+    def _drop(self, reason: str) -> NoReturn:
+        self._alert("association.dropped", reason)
+        raise _Closed(reason, reported=True)
+
+    def _read_pdu(self, idle_timeout: float, key: str = "node.timeouts.network",
+                  first: bool = False) -> tuple[int, memoryview]:
+        """The next PDU's type and body; waits `idle_timeout` (config `key`) for it to start. The first
+        PDU of a connection must be an A-ASSOCIATE-RQ and complete within `timeouts.acse` of the
+        connection (the ARTIM timer, PS3.8 9.1.5); any later one within `timeouts.dimse` of its start."""
         header = memoryview(self._header)
-        self.sock.settimeout(idle_timeout)
+        self.sock.settimeout(max(idle_timeout, 0.001))
         try:
-            first = self.sock.recv_into(header, 6)
+            got = self.sock.recv_into(header, 6)
         except TimeoutError:
             reason = f"no PDU for {idle_timeout:g} s ({key})"
             self._abort(reason, 0x00)
             raise _Closed(reason, reported=True) from None
         except OSError as exc:
             raise _Closed(f"connection error: {exc.strerror or type(exc).__name__}") from None
-        if first == 0:
+        if got == 0:
             raise _Closed("connection closed by the peer")
-        self.sock.settimeout(self.policy.socket_timeout)
-        if first < 6:
-            self._recv_into(header[first:])
+        if first:
+            deadline, limit = self._artim, f"{self.policy.acse_timeout:g} s of connecting (node.timeouts.acse)"
+        else:
+            deadline = time.monotonic() + self.policy.dimse_timeout
+            limit = f"{self.policy.dimse_timeout:g} s (node.timeouts.dimse)"
+        if got < 6:
+            self._recv_into(header[got:], deadline, limit)
         kind, _, length = struct.unpack(">BBL", self._header)
         if not pdu.ASSOCIATE_RQ <= kind <= pdu.ABORT:
             reason = f"unrecognised PDU type 0x{kind:02X}"
             self._abort(reason, 0x01)
             raise _Closed(reason, reported=True)
-        limit = self.policy.max_pdu_length if kind == pdu.P_DATA_TF else CONTROL_PDU_LIMIT
-        if length > limit:
-            reason = f"PDU type 0x{kind:02X} announces {length} bytes, above the limit of {limit}"
+        if first and kind != pdu.ASSOCIATE_RQ:
+            self._abort("first PDU is not an A-ASSOCIATE-RQ", 0x02)  # before reading its body
+            raise _Closed("unexpected PDU", reported=True)
+        limit_bytes = self.policy.max_pdu_length if kind == pdu.P_DATA_TF else CONTROL_PDU_LIMIT
+        if length > limit_bytes:
+            reason = f"PDU type 0x{kind:02X} announces {length} bytes, above the limit of {limit_bytes}"
             self._alert("association.aborted", reason)
             with contextlib.suppress(_Closed):
                 self._send(pdu.encode_abort(0x02, 0x06))
             raise _Closed(reason, reported=True)
         if len(self._body) < length:
-            self._body = bytearray(max(length, min(2 * len(self._body), limit)))
+            self._body = bytearray(length if first else max(length, min(2 * len(self._body), limit_bytes)))
         body = memoryview(self._body)[:length]
-        self._recv_into(body)
+        self._recv_into(body, deadline, limit)
         return kind, body
 
     def _send(self, data: bytes) -> None:
@@ -327,10 +352,7 @@ class Connection:
             close_quietly(self.sock)
 
     def _serve(self) -> None:
-        kind, body = self._read_pdu(self.policy.acse_timeout, "node.timeouts.acse")
-        if kind != pdu.ASSOCIATE_RQ:
-            self._abort("first PDU is not an A-ASSOCIATE-RQ", 0x02)
-            raise _Closed("unexpected PDU", reported=True)
+        _, body = self._read_pdu(self._artim - time.monotonic(), "node.timeouts.acse", first=True)
         try:
             rq = pdu.parse_associate_rq(body)
         except PDUError as exc:
@@ -417,6 +439,9 @@ class Connection:
                     if control & 0x01:  # command fragment
                         if request is not None:
                             self._protocol_error("command fragment while a data set is expected")
+                        if command and ident != context_id:
+                            self._protocol_error("command fragments on different presentation contexts")
+                        context_id = ident
                         command += fragment
                         if len(command) > 65536:
                             self._protocol_error("command set longer than 64 KiB")
@@ -426,7 +451,6 @@ class Connection:
                             except PDUError as exc:
                                 self._protocol_error(str(exc))
                             command.clear()
-                            context_id = ident
                             request, sink = self._begin(cmd, ident)
                             if request is None:
                                 sink = None
@@ -451,8 +475,11 @@ class Connection:
             return None, None
         if cmd.command_field == pdu.C_CANCEL_RQ:
             return None, None
-        if cmd.command_field == pdu.C_STORE_RQ and cmd.has_data_set:
-            return cmd, self.service.begin_store(self.assoc, cmd, abstract, transfer)
+        if cmd.command_field == pdu.C_STORE_RQ:
+            if cmd.has_data_set:
+                return cmd, self.service.begin_store(self.assoc, cmd, abstract, transfer)
+            self._respond(cmd, context_id, status.CANNOT_UNDERSTAND, "C-STORE request without a data set")
+            return None, None
         if cmd.has_data_set:
             return cmd, _Drain()
         self._respond(cmd, context_id, pdu.UNRECOGNIZED_OPERATION, "operation not supported by this SCP")
@@ -481,6 +508,8 @@ class NodeServer:
         self.server_address = self.socket.getsockname()
         self._ids = itertools.count(1)
         self._live: dict[int, Any] = {}
+        # connection threads at most: pending + established + refusals still answering
+        self._max_threads = 2 * policy.max_connections + policy.max_associations
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -496,17 +525,39 @@ class NodeServer:
                 if not readable:
                     continue
                 sock, address = self.socket.accept()
-            except (OSError, ValueError):
+            except (OSError, ValueError) as exc:
                 if self._stopping.is_set():
                     return
+                if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+                    time.sleep(0.1)  # out of descriptors or buffers: let connections close, do not spin
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            ident = next(self._ids)
-            thread = threading.Thread(target=self._handle, args=(sock, address, ident),
-                                      name=f"dicom-conn-{ident}", daemon=True)
-            with self._lock:
-                self._live[ident] = sock
+            try:
+                self._spawn(sock, address)
+            except Exception:  # the accept loop never dies with one connection
+                close_quietly(sock)
+
+    def _spawn(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+        with self._lock:
+            crowded = len(self._live) >= self._max_threads
+        if crowded:  # a connection flood: no thread, no answer, no audit line per connection
+            close_quietly(sock)
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ident = next(self._ids)
+        thread = threading.Thread(target=self._handle, args=(sock, address, ident),
+                                  name=f"dicom-conn-{ident}", daemon=True)
+        with self._lock:
+            self._live[ident] = sock
+        try:
             thread.start()
+        except BaseException:
+            with self._lock:
+                self._live.pop(ident, None)
+            raise
+
+    def healthy(self) -> bool:
+        """The accept loop is running (what the systemd watchdog is fed on)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
 
     def shutdown(self) -> None:
         """Stop accepting and close the listening socket: new callers are refused."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
+
 EXPLICIT_LE_FAMILY = frozenset({
     "1.2.840.10008.1.2.1",  # explicit VR little endian
     "1.2.840.10008.1.2.5",  # RLE lossless
@@ -36,6 +38,8 @@ WANTED: dict[int, tuple[str, str]] = {
 }
 _LAST = max(WANTED)
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_VRS = _LONG_VRS | {v.encode() for v in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT",
+                                          "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US")}
 _EXPECTED_VR = {"ui": b"UI", "cs": b"CS", "us": b"US", "is": b"IS"}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -71,8 +75,8 @@ def fast_header(data: bytes | bytearray | memoryview, transfer_syntax: str,
             if tag > _LAST:
                 return found
             if length == _UNDEFINED:
-                if vr not in (None, b"SQ"):
-                    return None  # UN of undefined length is implicit VR inside: pydicom's business
+                if not _is_sequence(tag, vr):
+                    return None  # UN, or an implicit-VR element not known as SQ: pydicom's business
                 pos = _skip_undefined(view, pos, explicit, 0)
                 continue
             if pos + length > len(view):
@@ -124,7 +128,7 @@ def _element_header(view: memoryview, pos: int, explicit: bool) -> tuple[int, by
         if pos + 12 > len(view):
             raise _Unexpected
         return tag, vr, int.from_bytes(view[pos + 8:pos + 12], "little"), pos + 12
-    if not (vr.isalpha() and vr.isupper()):
+    if vr not in _VRS:
         raise _Unexpected
     return tag, vr, int.from_bytes(view[pos + 6:pos + 8], "little"), pos + 8
 
@@ -143,12 +147,28 @@ def _skip_undefined(view: memoryview, pos: int, explicit: bool, depth: int) -> i
             pos += length
             continue
         while True:  # an undefined-length item: its elements until the item delimiter
-            tag, _, length, pos = _element_header(view, pos, explicit)
+            tag, vr, length, pos = _element_header(view, pos, explicit)
             if tag == _ITEM_END:
                 break
-            pos = _skip_undefined(view, pos, explicit, depth + 1) if length == _UNDEFINED else pos + length
+            if length == _UNDEFINED:
+                if not _is_sequence(tag, vr):
+                    raise _Unexpected
+                pos = _skip_undefined(view, pos, explicit, depth + 1)
+            else:
+                pos += length
         if pos > len(view):
             raise _Unexpected
+
+
+def _is_sequence(tag: int, vr: bytes | None) -> bool:
+    """Whether an undefined-length element is a sequence as pydicom reads it: explicit VR SQ, or in
+    implicit VR a tag the dictionary knows as SQ (anything else pydicom reads differently)."""
+    if vr is not None:
+        return vr == b"SQ"
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:
+        return False
 
 
 def _value(raw: memoryview, kind: str) -> Any:

@@ -60,9 +60,11 @@ class Ingest:
         receiving.write(memoryview(dataset_bytes))
         return receiving.finish()
 
-    def receive(self, prefix: bytes, context_sop_class: str, assoc: str) -> Receiving:
-        """Start receiving one instance: `prefix` (preamble and file meta) now, the data set as it arrives."""
-        return Receiving(self, prefix, context_sop_class, assoc)
+    def receive(self, prefix: bytes, context_sop_class: str, assoc: str,
+                sop_instance_uid: str | None = None) -> Receiving:
+        """Start receiving one instance: `prefix` (preamble and file meta) now, the data set as it arrives.
+        `sop_instance_uid`, the request's Affected SOP Instance UID, must then be the data set's."""
+        return Receiving(self, prefix, context_sop_class, assoc, sop_instance_uid)
 
     def recover_orphans(self) -> list[str]:
         """Index every spool file the index lacks; returns the problems with files that cannot be.
@@ -70,9 +72,8 @@ class Ingest:
         The index commits without fsync (WAL, synchronous=NORMAL); the instance files are fsync'd
         with their directory before Success. A power cut can therefore roll back the index's
         last rows but never an acknowledged file: this puts them back at start, before the port
-        opens. A file whose content does not match its hashed name (a store cut off between its
-        rename and its fsync, never acknowledged; or damage) is moved to the spool's quarantine
-        folder and reported, never indexed.
+        opens. A file whose content does not match its hashed name (damaged since it was stored)
+        is moved to the spool's quarantine folder and reported, never indexed.
         """
         known = self.queue.instance_paths()
         problems = []
@@ -106,8 +107,10 @@ class Receiving:
     space, too large) is remembered, the rest of the data set is read and dropped, and `finish` raises it.
     """
 
-    def __init__(self, ingest: Ingest, prefix: bytes, context_sop_class: str, assoc: str) -> None:
+    def __init__(self, ingest: Ingest, prefix: bytes, context_sop_class: str, assoc: str,
+                 sop_instance_uid: str | None = None) -> None:
         self.ingest = ingest
+        self.expected_uid = sop_instance_uid
         self.context_sop_class = context_sop_class
         self.assoc = assoc
         self.refusal: RejectedInstance | None = None
@@ -180,6 +183,9 @@ class Receiving:
         assert self._tmp is not None and self._fd is not None
         ingest, spool = self.ingest, self.ingest.spool
         uids = examine(self._tmp, self.context_sop_class, ingest.max_instance_bytes)
+        if self.expected_uid is not None and uids["SOPInstanceUID"] != self.expected_uid:
+            raise RejectedInstance(status.DATASET_MISMATCH, "data set SOP Instance UID differs from the "
+                                   "request's Affected SOP Instance UID")
         digest = self._hash.hexdigest()
         path = spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
         ref = InstanceRef(

@@ -62,38 +62,31 @@ class Spool:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), tmp
 
     def commit(self, fd: int, tmp: Path, path: Path) -> None:
-        """Make the open `tmp` durable as `path`: rename, fsync the file, fsync its directory; closes `fd`.
+        """Make the open `tmp` durable as `path`: fsync the file, rename it, fsync the directory; closes `fd`.
 
-        The rename comes before the file's fsync so that one journal commit carries the data and the
-        new name (on ext4 the directory fsync that follows then finds nothing left to write). A crash
-        before the fsync returns can leave a partial file under `path`; it was never acknowledged,
-        and its content no longer matches its hashed name, which is how `Ingest.recover_orphans`
-        recognises and quarantines it.
+        The fsync comes before the rename, so whatever name `path` points to is always a durable,
+        complete file, also when two associations store the same instance at the same moment
+        (each renames its own fsync'd copy over the other's, both identical).
 
         Raises:
-            OSError: nothing is left at `path` or in tmp then.
+            OSError: nothing of this store is left in tmp then. A failure of the final directory
+                fsync leaves the (complete) file at `path` unindexed; the caller answers a failure
+                status and `Ingest.recover_orphans` indexes it at the next start.
         """
         directory = path.parent
-        new_dir = not directory.exists()
+        new_dir = not directory.is_dir()  # the buckets are made at start; one removed since is made again
         try:
             try:
-                if new_dir:
-                    directory.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise
-            try:
                 os.fsync(fd)
-            except BaseException:
-                # not durable: take it back out, unless a concurrent store of the same content replaced it
-                with contextlib.suppress(OSError):
-                    if os.path.samestat(os.fstat(fd), os.stat(path)):
-                        path.unlink()
-                raise
-        finally:
-            os.close(fd)
+            finally:
+                os.close(fd)
+            if new_dir:
+                directory.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         fsync_dir(directory)
         if new_dir:
             fsync_dir(directory.parent)

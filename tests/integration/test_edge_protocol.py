@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,46 @@ def test_a_large_instance_streams_to_disk_with_flat_memory(node_factory: Any, tm
     assert len(stored) == 1
     kept = stored[0].read_bytes()
     assert kept[dataset_offset(kept):] == dataset_bytes(big), "the data set is kept exactly as sent"
+
+
+def _trickle(sock: socket.socket, seconds: float) -> float:
+    """Send one byte a second until the node closes the connection; returns how long that took."""
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            sock.sendall(b"\x00")
+            time.sleep(1.0)
+            sock.setblocking(False)
+            try:
+                if sock.recv(65536) == b"":
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+    except OSError:
+        pass
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("where", ["association request", "P-DATA inside an association"])
+def test_a_peer_trickling_one_byte_a_second_is_dropped_on_the_pdu_deadline(node_factory: Any, where: str) -> None:
+    """Each byte arrives within the socket timeout, but the PDU must be whole within timeouts.acse (the
+    request, ARTIM) or timeouts.dimse (any later PDU): the peer is dropped then, audited, and its slot
+    freed for the modality that comes next."""
+    node = node_factory(extra={"node": {"max_associations": 1,
+                                        "timeouts": {"acse": 3, "dimse": 3, "socket": 2}}}).start()
+    if where == "association request":
+        sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        sock.sendall(struct.pack(">BBL", pdu.ASSOCIATE_RQ, 0, 60000) + b"\x00\x01\x00\x00")
+        key = "node.timeouts.acse"
+    else:
+        sock = _associated(node.port)
+        sock.sendall(struct.pack(">BBL", pdu.P_DATA_TF, 0, 16000) + b"\x00\x00")
+        key = "node.timeouts.dimse"
+    took = _trickle(sock, 20)
+    sock.close()
+    assert took <= 3 + 2 + 1.5, f"dropped after {took:.1f} s"
+    assert wait_for(lambda: [e for e in node.audit_events() if e["event"] == "association.dropped"
+                             and key in e.get("reason", "")], 5), node.audit_events()
+    assert echo_ok(node.port), "the single slot is free again"

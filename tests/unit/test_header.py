@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,27 @@ def test_examine_of_a_file_and_of_its_bytes_agree(tmp_path: Path) -> None:
     path.write_bytes(part10)
     sop_class = pydicom.dcmread(path).SOPClassUID
     assert ingest.examine(path, sop_class, 10**9) == ingest.examine(part10, sop_class, 10**9)
+
+
+def _implicit(group: int, elem: int, value: bytes) -> bytes:
+    value += b"\x00" * (len(value) % 2)
+    return struct.pack("<HHI", group, elem, len(value)) + value
+
+
+def test_declines_an_implicit_undefined_length_element_that_is_not_a_sequence() -> None:
+    """pydicom reads an undefined-length (0020,0010) Study ID as raw bytes up to the next sequence
+    delimiter, which lifts a nested SOP Instance UID to the top level; the fast path must not guess."""
+    uids = (_implicit(0x0008, 0x0016, b"1.2.840.10008.5.1.4.1.1.2") + _implicit(0x0008, 0x0018, b"1.1.1.1")
+            + _implicit(0x0008, 0x0060, b"CT") + _implicit(0x0020, 0x000D, b"1.1.1.2")
+            + _implicit(0x0020, 0x000E, b"1.1.1.3"))
+    nested = struct.pack("<HHI", 0x0008, 0x1140, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    item = (struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + nested + _implicit(0x0008, 0x0018, b"6.6.6.6")
+            + struct.pack("<HHI", 0xFFFE, 0xE00D, 0))
+    study_id = struct.pack("<HHI", 0x0020, 0x0010, 0xFFFFFFFF) + item + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    assert fast_header(uids + study_id + _implicit(0x0028, 0x0010, b"\x08\x00"), IMPLICIT) is None
+
+
+def test_declines_a_vr_dicom_does_not_define() -> None:
+    """Two capital letters are not a VR: pydicom refuses 'QQ', so the fast path declines rather than read on."""
+    element = struct.pack("<HH2sH", 0x0008, 0x0005, b"QQ", 2) + b"XX"
+    assert fast_header(element, EXPLICIT) is None

@@ -232,3 +232,26 @@ def test_same_uid_with_changed_content_is_kept_as_new_version(ingest: Ingest, sp
     assert second.outcome.conflict and not second.outcome.duplicate
     assert len(stored_files(spool)) == 2
     assert Path(second.ref.path).read_bytes() == changed
+
+
+def test_a_failed_concurrent_store_of_the_same_instance_never_removes_the_acknowledged_one(
+    ingest: Ingest, spool: Spool, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two associations storing one instance at once both pass the duplicate check; when the second one's
+    fsync fails, the first one's acknowledged file is still there, whole."""
+    part10, dataset, _ = ct_part10()
+    prefix = part10[:len(part10) - len(dataset)]
+    first = ingest.receive(prefix, CT_IMAGE, "assoc-1")
+    second = ingest.receive(prefix, CT_IMAGE, "assoc-2")
+    first.write(memoryview(dataset))
+    second.write(memoryview(dataset))
+    acknowledged = first.finish()
+    monkeypatch.setattr(queue, "has_instance", lambda *a: False)  # it checked before the first committed
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(RejectedInstance):
+        second.finish()
+    assert Path(acknowledged.ref.path).read_bytes() == part10

@@ -40,8 +40,8 @@ def test_files_missing_from_the_index_are_indexed_again(tmp_path: Path) -> None:
 
 
 def test_a_damaged_file_is_reported_not_indexed(tmp_path: Path) -> None:
-    """A spool file whose bytes no longer match its name (a store cut off between its rename and its
-    fsync, or damage) is reported, moved to quarantine and left out of the index."""
+    """A spool file whose bytes no longer match its name (damaged since it was stored) is reported,
+    moved to quarantine and left out of the index."""
     first = _ingest(tmp_path)
     part10, dataset, _ = ct_part10()
     stored = first.store(part10, dataset, CT_IMAGE, "a1")

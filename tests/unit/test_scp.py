@@ -61,13 +61,15 @@ def test_an_audit_that_fails_after_the_store_still_answers_success(ingest: Inges
 
 @pytest.mark.parametrize("context,affected,uid,code", [
     (CT_IMAGE, DX_PRESENTATION, "1.2.3", status.DATASET_MISMATCH),
+    (CT_IMAGE, CT_IMAGE, "1.2.3", status.DATASET_MISMATCH),  # not the data set's SOP Instance UID
     (CT_IMAGE, CT_IMAGE, "1.2.3/../x", status.CANNOT_UNDERSTAND),
     (CT_IMAGE, CT_IMAGE, "", status.CANNOT_UNDERSTAND),
     (CT_IMAGE, "1.2.840.10008.5.1.4.1.1.88.33", "1.2.3", status.SOP_CLASS_NOT_SUPPORTED),
 ])
 def test_a_request_refused_on_its_command_writes_nothing(ingest: Ingest, context: str, affected: str, uid: str,
                                                           code: int) -> None:
-    """A C-STORE whose own command is wrong is refused with the status and reason; nothing reaches disk."""
+    """A C-STORE whose own command is wrong (or disagrees with its data set) is refused with the status
+    and reason; nothing reaches disk."""
     events: list[tuple[str, dict[str, Any]]] = []
     scp = StorageSCP(Node(), ingest, lambda e, **f: events.append((e, f)), _Log())
     _, dataset, _ = ct_part10()
