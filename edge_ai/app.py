@@ -27,12 +27,14 @@ from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
 from edge_ai.service.systemd import Notifier
 from edge_ai.service.workers import Pipeline, Served
+from edge_ai.spool import retention
 from edge_ai.spool.ingest import Ingest
 from edge_ai.spool.queue import Delivery, Queue
 from edge_ai.spool.store import Spool
 
 _STOP_BUDGET_S = 8.0  # SIGTERM -> exit, leaving margin under systemd's 10 s
 _DRAIN_S = 4.0  # of which associations in progress may use this much
+_PURGE_INTERVAL_S = 3600.0  # spool retention runs at start and then hourly
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ class App:
         tick = min(1.0, interval)
         last_watchdog = 0.0
         last_snapshot = time.monotonic()
+        last_purge = -float("inf")
         while not self._stop.wait(tick):
             if self._reload.is_set():
                 self._reload.clear()
@@ -275,7 +278,20 @@ class App:
             if now - last_snapshot >= node_status.INTERVAL_S:
                 self._write_status()
                 last_snapshot = now
+            if now - last_purge >= _PURGE_INTERVAL_S:
+                self._purge()
+                last_purge = now
         return self.shutdown()
+
+    def _purge(self) -> None:
+        """Spool retention (storage.retention_days); a failure is logged and tried again next time."""
+        try:
+            done = retention.purge(self.queue, self.cfg.storage.retention_days, self.audit)
+        except Exception:
+            self.log.exception("spool_purge_failed")
+            return
+        if done.series:
+            self.log.info("spool_purged", series=done.series, instances=done.instances, bytes=done.bytes)
 
     def _healthy(self) -> bool:
         return self.scp.healthy() and all(t.is_alive() for t in self._threads)

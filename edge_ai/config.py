@@ -97,6 +97,8 @@ class Storage(_Section):
     min_free_bytes: int = Field(2 * 1024**3, ge=0)
     # Rows x Columns x Frames x SamplesPerPixel x BitsAllocated/8 above this is refused before any decode
     max_instance_bytes: int = Field(256 * 1024**2, ge=1024 * 1024, le=16 * 1024**3)
+    # received images of a series are deleted this long after its last job was delivered; 0 keeps them
+    retention_days: float = Field(7, ge=0, le=3650)
 
 
 class Grouping(_Section):

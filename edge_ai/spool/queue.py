@@ -248,11 +248,12 @@ class Queue:
         return Job(job_id, series_id, series_uid, study_uid, modality, generation, JobState.INFERRING)
 
     def series_instances(self, series_id: int) -> list[InstanceRef]:
-        """The latest version of every instance of the series, in arrival order."""
+        """The latest version of every instance of the series still in the spool, in arrival order."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT i.sop_class_uid, i.sop_instance_uid, s.series_uid, s.study_uid, i.path, i.sha256, i.size"
-                " FROM instances i JOIN series s ON s.id=i.series_id WHERE i.series_id=? AND i.version ="
+                " FROM instances i JOIN series s ON s.id=i.series_id WHERE i.series_id=? AND i.path != ''"
+                " AND i.version ="
                 " (SELECT MAX(version) FROM instances j WHERE j.sop_instance_uid=i.sop_instance_uid)"
                 " ORDER BY i.id",
                 (series_id,),
@@ -348,6 +349,32 @@ class Queue:
             self._set_state(db, job_id, JobState.FAILED, f"dead letter: {reason}")
         else:
             self._set_state(db, job_id, JobState.DELIVERED)
+
+    # ---- retention ----------------------------------------------------------------------------
+    def purgeable_series(self, before: float) -> list[tuple[int, str]]:
+        """(id, UID) of series whose every job is delivered, last changed before `before`, with files kept."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.id, s.series_uid FROM series s"
+                " WHERE EXISTS (SELECT 1 FROM instances i WHERE i.series_id=s.id AND i.path != '')"
+                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_id=s.id AND j.state != ?)"
+                " AND (SELECT MAX(j.updated_at) FROM jobs j WHERE j.series_id=s.id) < ?",
+                (JobState.DELIVERED.value, before),
+            ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def series_files(self, series_id: int) -> list[tuple[int, str, int]]:
+        """(instance row id, path, size) of the series' instance files still kept."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, path, size FROM instances WHERE series_id=? AND path != ''", (series_id,)
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    def mark_purged(self, instance_ids: list[int]) -> None:
+        """The files of these instance rows are gone; the rows stay (a resend is still a known duplicate)."""
+        with self._tx() as db:
+            db.executemany("UPDATE instances SET path='' WHERE id=?", [(i,) for i in instance_ids])
 
     # ---- status -------------------------------------------------------------------------------
     def last_instance_at(self, job_id: int) -> float | None:

@@ -1,0 +1,87 @@
+"""edge_ai.spool.retention: delivered series lose their images after storage.retention_days; nothing else does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+from test_ingest import ct_part10
+from test_queue import report
+
+from edge_ai.dicom.contexts import CT_IMAGE
+from edge_ai.spool.ingest import Ingest, Stored
+from edge_ai.spool.queue import Queue
+from edge_ai.spool.retention import DAY_S, purge
+from edge_ai.spool.store import Spool
+
+
+@pytest.fixture
+def ingest(tmp_path: Path) -> Iterator[Ingest]:
+    queue = Queue(tmp_path / "q.sqlite3")
+    yield Ingest(Spool(tmp_path / "spool"), queue, min_free_bytes=0)
+    queue.close()
+
+
+def _series(ingest: Ingest, assoc: str, n: int = 3) -> list[Stored]:
+    series, study = generate_uid(), generate_uid()
+    out = []
+    for _ in range(n):
+        part10, dataset, _ = ct_part10(SeriesInstanceUID=series, StudyInstanceUID=study)
+        out.append(ingest.store(part10, dataset, CT_IMAGE, assoc))
+    ingest.queue.association_released(assoc)
+    return out
+
+
+def _to(ingest: Ingest, state: str) -> None:
+    """Take the one ready job to `state`: delivered, failed (dead letter) or reported (delivery pending)."""
+    q = ingest.queue
+    job = q.claim_ready()
+    assert job is not None
+    q.add_reports(job.id, [report(generate_uid())], [["results"]])
+    (delivery,) = q.due_deliveries()
+    if state == "delivered":
+        q.delivery_done(delivery)
+    elif state == "failed":
+        q.delivery_dead(delivery, "association rejected")
+
+
+def test_only_delivered_series_past_retention_lose_their_files(ingest: Ingest) -> None:
+    """Delivered: files deleted, index rows kept, audited. Failed (dead letter) and still-pending series, and
+    anything younger than retention_days, keep every file."""
+    stored = {}
+    for name in ("delivered", "failed", "reported"):
+        stored[name] = _series(ingest, f"assoc-{name}")
+        _to(ingest, name)
+    audit: list[tuple[str, dict[str, Any]]] = []
+    record = lambda event, **fields: audit.append((event, fields))  # noqa: E731
+
+    assert purge(ingest.queue, 7, record, now=time.time() + 6 * DAY_S).series == 0
+    assert all(Path(s.ref.path).exists() for group in stored.values() for s in group)
+
+    done = purge(ingest.queue, 7, record, now=time.time() + 8 * DAY_S)
+    assert (done.series, done.instances) == (1, 3) and done.bytes == sum(s.ref.size for s in stored["delivered"])
+    assert not any(Path(s.ref.path).exists() for s in stored["delivered"])
+    assert all(Path(s.ref.path).exists() for name in ("failed", "reported") for s in stored[name])
+    assert [e for e, _ in audit] == ["spool.purged"]
+    assert audit[0][1]["series_uid"] == stored["delivered"][0].ref.series_instance_uid
+    assert purge(ingest.queue, 7, record, now=time.time() + 9 * DAY_S).series == 0  # once only
+
+
+def test_a_resend_after_purge_is_a_known_duplicate_and_zero_days_keeps_everything(ingest: Ingest) -> None:
+    """retention_days 0 never deletes; after a purge, the same instance sent again is acknowledged as a
+    duplicate (no second SR for unchanged content) and not kept."""
+    part10, dataset, _ = ct_part10()
+    first = ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
+    ingest.queue.association_released("assoc-1")
+    _to(ingest, "delivered")
+    assert purge(ingest.queue, 0, lambda *a, **k: None, now=time.time() + 3650 * DAY_S).series == 0
+    assert Path(first.ref.path).exists()
+    purge(ingest.queue, 7, lambda *a, **k: None, now=time.time() + 8 * DAY_S)
+    assert not Path(first.ref.path).exists()
+    again = ingest.store(part10, dataset, CT_IMAGE, "assoc-2")
+    assert again.outcome.duplicate and not Path(again.ref.path).exists()
+    assert ingest.queue.claim_ready() is None and ingest.queue.association_released("assoc-2") == 0
