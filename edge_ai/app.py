@@ -278,10 +278,14 @@ class App:
             if now - last_snapshot >= node_status.INTERVAL_S:
                 self._write_status()
                 last_snapshot = now
-            if now - last_purge >= _PURGE_INTERVAL_S:
+            if now - last_purge >= self._purge_interval():
                 self._purge()
                 last_purge = now
         return self.shutdown()
+
+    def _purge_interval(self) -> float:
+        """Hourly; more often for a retention shorter than four hours (a test, a tiny appliance disk)."""
+        return min(_PURGE_INTERVAL_S, max(1.0, self.cfg.storage.retention_days * retention.DAY_S / 4))
 
     def _purge(self) -> None:
         """Spool retention (storage.retention_days); a failure is logged and tried again next time."""

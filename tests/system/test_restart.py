@@ -103,3 +103,19 @@ def test_refusing_destination_is_dead_lettered(node_factory: Any, tmp_path: Path
     assert wait_for(lambda: "dead letters: 1" in node.cli("status").stdout, 60), node.log()
     status = node.cli("status").stdout
     assert "nowhere" in status and f"after {attempts} attempts" in status
+
+
+def test_retention_deletes_delivered_images_and_keeps_serving(node_factory: Any, tmp_path: Path) -> None:
+    """With storage.retention_days at ~4 s, a delivered CT series' images leave the spool by themselves
+    (audited as spool.purged), its SR stays, and sending the same series again makes no second SR."""
+    node = node_factory(extra={"storage": {"retention_days": 5 / 86400}}).start()
+    _, files = _ct_files(tmp_path, seed=41, slices=10)
+    assert storescu(node.port, files).returncode == 0
+    assert wait_for(lambda: len(_srs(node.results)) == 1, 60), node.log()
+    spool = node.root / "var" / "spool" / "instances"
+    assert wait_for(lambda: not list(spool.rglob("*.dcm")), 30), "delivered images are purged"
+    purged = [e for e in node.audit_events() if e["event"] == "spool.purged"]
+    assert len(purged) == 1 and purged[0]["instances"] == 10
+    assert storescu(node.port, files).returncode == 0, "a resend is acknowledged"
+    assert node.cli("status").returncode == 0
+    assert len(_srs(node.results)) == 1 and not list(spool.rglob("*.dcm"))
