@@ -504,7 +504,8 @@ class NodeServer:
         self.ae_title = ae_title
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # backlog 128: a small one makes the kernel drop SYNs in a burst (1 s+ retries)
-        self.socket = socket.create_server((host, port), family=family, backlog=128)
+        dualstack = host == "::" and socket.has_dualstack_ipv6()  # "::" also takes IPv4 callers
+        self.socket = socket.create_server((host, port), family=family, backlog=128, dualstack_ipv6=dualstack)
         self.server_address = self.socket.getsockname()
         self._ids = itertools.count(1)
         self._live: dict[int, Any] = {}
