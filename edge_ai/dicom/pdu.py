@@ -155,10 +155,17 @@ def iter_pdvs(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
         pos += 4 + length
 
 
-def encode_pdata(context_id: int, command: bytes) -> bytes:
-    """One P-DATA-TF carrying a whole command set as its last fragment (responses are a few hundred bytes)."""
-    pdv = struct.pack(">IBB", len(command) + 2, context_id, 0x03)
-    return struct.pack(">BBI", P_DATA_TF, 0, len(pdv) + len(command)) + pdv + command
+def encode_pdata(context_id: int, command: bytes, max_length: int = 0) -> bytes:
+    """P-DATA-TF PDUs carrying a whole command set, split so that no PDU's variable field exceeds the
+    peer's `max_length` (0: no limit; responses are a few hundred bytes, so almost always one PDU)."""
+    room = len(command) if max_length <= 6 else max_length - 6  # a PDV item has 6 bytes of header
+    chunks = [command[i:i + room] for i in range(0, len(command), room)] or [b""]
+    out = []
+    for n, chunk in enumerate(chunks):
+        control = 0x03 if n == len(chunks) - 1 else 0x01
+        pdv = struct.pack(">IBB", len(chunk) + 2, context_id, control)
+        out.append(struct.pack(">BBI", P_DATA_TF, 0, len(pdv) + len(chunk)) + pdv + chunk)
+    return b"".join(out)
 
 
 # ---- DIMSE command sets: implicit VR little endian, group 0000 ---------------------------------------

@@ -243,6 +243,7 @@ class Connection:
         self._admitted = False
         self._established = False
         self._artim = time.monotonic() + policy.acse_timeout  # the whole A-ASSOCIATE-RQ by then
+        self._peer_max = 0  # the requestor's maximum P-DATA-TF length (0: no limit)
 
     # ---- reading -------------------------------------------------------------------------------
     def _recv_into(self, view: memoryview, deadline: float, limit: str) -> None:
@@ -368,6 +369,7 @@ class Connection:
         """A-ASSOCIATE-AC, or -RJ with the reason given to the service; True when accepted."""
         a = self.assoc
         a.calling_ae, a.called_ae = rq.calling_ae, rq.called_ae
+        self._peer_max = rq.max_pdu_length
         checks: list[tuple[Callable[[], str | None], tuple[int, int, int]]] = [
             (lambda: None if rq.protocol_version & 1 else f"protocol version {rq.protocol_version}", (1, 2, 2)),
             (lambda: None if rq.application_context == pdu.APPLICATION_CONTEXT
@@ -486,7 +488,7 @@ class Connection:
         return None, None
 
     def _respond(self, cmd: Command, context_id: int, code: int, comment: str = "") -> None:
-        self._send(pdu.encode_pdata(context_id, pdu.encode_response(cmd, code, comment)))
+        self._send(pdu.encode_pdata(context_id, pdu.encode_response(cmd, code, comment), self._peer_max))
 
     def _protocol_error(self, reason: str) -> NoReturn:
         """A-ABORT (service provider, unexpected PDU / invalid parameter) and end the connection."""
