@@ -9,7 +9,8 @@ import io
 import os
 import re
 import sqlite3
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,7 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
         RejectedInstance: 0xC000 unparseable, bad UIDs or a decoded size above `max_instance_bytes`;
             0xA900 when the data set's SOP class is not the presentation context's.
     """
+    _check_inflated_size(part10, max_instance_bytes)
     header = parse_header(part10)
     # a value of the wrong type (a sequence where a UID belongs) counts as missing; never str() it
     uids = {k: v if isinstance(v := header.get(k, ""), str) else "" for k in _HEADER_TAGS}
@@ -262,6 +264,52 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
             f"({max_instance_bytes})",
         )
     return uids
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+_CHUNK = 1 << 20
+
+
+def _check_inflated_size(part10: bytes | Path, max_instance_bytes: int) -> None:
+    """A deflated data set is inflated once, in bounded steps and without keeping the output, so that a
+    few kilobytes claiming gigabytes (a deflate bomb) are refused here instead of exhausting memory in
+    the header read or in the worker.
+
+    Raises:
+        RejectedInstance: 0xC000 when it inflates past `max_instance_bytes` or does not inflate.
+    """
+    if isinstance(part10, Path):
+        with part10.open("rb") as f:
+            head = f.read(_PROBE)
+    else:
+        head = part10[:_PROBE]
+    if meta_transfer_syntax(head) != DEFLATED or len(head) < 144:
+        return
+    offset = 144 + int.from_bytes(head[140:144], "little")
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # PS3.5 A.5: raw deflate, no zlib header
+    total = 0
+    try:
+        for chunk in _chunks(part10, offset):
+            data = inflater.decompress(chunk, _CHUNK)
+            total += len(data)
+            while inflater.unconsumed_tail and total <= max_instance_bytes:
+                total += len(inflater.decompress(inflater.unconsumed_tail, _CHUNK))
+            if total > max_instance_bytes:
+                raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set inflates past "
+                                       f"storage.max_instance_bytes ({max_instance_bytes})")
+    except zlib.error as exc:
+        raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set does not inflate") from exc
+
+
+def _chunks(part10: bytes | Path, offset: int) -> Iterator[bytes]:
+    if isinstance(part10, Path):
+        with part10.open("rb") as f:
+            f.seek(offset)
+            while chunk := f.read(_CHUNK):
+                yield chunk
+    else:
+        for i in range(offset, len(part10), _CHUNK):
+            yield part10[i:i + _CHUNK]
 
 
 _PROBE = 65536  # a header this long is read from the file for the fast path; longer ones go to pydicom

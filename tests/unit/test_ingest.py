@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from edge_ai.dicom import status
 from edge_ai.dicom.contexts import CT_IMAGE, DX_PRESENTATION
 from edge_ai.errors import RejectedInstance
+from edge_ai.spool import ingest as ingest_mod
 from edge_ai.spool.ingest import Ingest
 from edge_ai.spool.queue import Queue
 from edge_ai.spool.store import Spool
@@ -255,3 +256,28 @@ def test_a_failed_concurrent_store_of_the_same_instance_never_removes_the_acknow
     with pytest.raises(RejectedInstance):
         second.finish()
     assert Path(acknowledged.ref.path).read_bytes() == part10
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it_whole(spool: Spool, queue: Queue) -> None:
+    """A deflated data set of a few kilobytes that inflates to 16 MiB is refused (0xC000, naming
+    storage.max_instance_bytes) when the limit is 8 MiB; a deflated instance under the limit is stored."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    def deflated(extra_bytes: int) -> tuple[bytes, bytes]:
+        _, _, ds = ct_part10()
+        ds.private_block(0x0009, "EDGE_AI TEST", create=True).add_new(0x01, "OB", bytes(extra_bytes))
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        raw = buf.getvalue()
+        return raw, raw[ingest_mod.dataset_offset(raw):]
+
+    ingest = Ingest(spool, queue, min_free_bytes=0, max_instance_bytes=8 * 1024 * 1024)
+    bomb, bomb_set = deflated(16 * 1024 * 1024)
+    assert len(bomb) < 100_000
+    with pytest.raises(RejectedInstance) as info:
+        ingest.store(bomb, bomb_set, CT_IMAGE, "assoc-1")
+    assert info.value.status == 0xC000 and "storage.max_instance_bytes" in info.value.reason
+    assert stored_files(spool) == [] and indexed(queue) == 0
+    fine, fine_set = deflated(1024)
+    assert not ingest.store(fine, fine_set, CT_IMAGE, "assoc-1").outcome.duplicate
