@@ -313,6 +313,8 @@ class App:
         self.request_stop()
         self._drain_associations(time.monotonic() + _DRAIN_S)
         self.scp.stop()
+        while self.scp.active() and time.monotonic() < deadline - 2.0:  # connections see their sockets end
+            time.sleep(0.02)
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
         self.metrics.close()
