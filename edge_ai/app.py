@@ -279,23 +279,25 @@ class App:
                 self._write_status()
                 last_snapshot = now
             if now - last_purge >= self._purge_interval():
-                self._purge()
-                last_purge = now
+                # bounded steps, one per tick while there is more, so the watchdog and SIGTERM are served
+                last_purge = -float("inf") if self._purge() else now
         return self.shutdown()
 
     def _purge_interval(self) -> float:
         """Hourly; more often for a retention shorter than four hours (a test, a tiny appliance disk)."""
         return min(_PURGE_INTERVAL_S, max(1.0, self.cfg.storage.retention_days * retention.DAY_S / 4))
 
-    def _purge(self) -> None:
-        """Spool retention (storage.retention_days); a failure is logged and tried again next time."""
+    def _purge(self) -> bool:
+        """One bounded step of spool retention (storage.retention_days); True when there is more to do.
+        A failure is logged and tried again at the next interval."""
         try:
-            done = retention.purge(self.queue, self.cfg.storage.retention_days, self.audit)
+            done = retention.purge(self.queue, self.cfg.storage.retention_days, self.audit, log=self.log)
         except Exception:
             self.log.exception("spool_purge_failed")
-            return
+            return False
         if done.series:
             self.log.info("spool_purged", series=done.series, instances=done.instances, bytes=done.bytes)
+        return done.more
 
     def _healthy(self) -> bool:
         return self.scp.healthy() and all(t.is_alive() for t in self._threads)

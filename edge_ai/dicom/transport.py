@@ -318,6 +318,7 @@ class Connection:
 
     def _send(self, data: bytes) -> None:
         try:
+            self.sock.settimeout(self.policy.socket_timeout)  # not whatever the last read left
             self.sock.sendall(data)
         except OSError as exc:
             raise _Closed(f"connection error: {exc.strerror or type(exc).__name__}") from None
@@ -598,7 +599,7 @@ class NodeServer:
             (close_quietly if policy.ssl_context is not None else refuse)(sock)
             return
         try:
-            prepared = self._prepare(sock, peer)
+            prepared = self._prepare(sock, peer, ident)
         finally:
             policy.done_pending()
         if prepared is None:
@@ -614,7 +615,7 @@ class NodeServer:
                             tls_identity=peer_identity(prepared))
         Connection(prepared, assoc, policy, self.service, self.ae_title).serve()
 
-    def _prepare(self, sock: socket.socket, peer: str) -> socket.socket | None:
+    def _prepare(self, sock: socket.socket, peer: str, ident: int) -> socket.socket | None:
         """TLS handshake (bounded), then wait (bounded) for the first PDU to start."""
         policy = self.policy
         if policy.ssl_context is not None:
@@ -629,6 +630,9 @@ class NodeServer:
                              reason=f"TLS handshake failed: {reason}")
                 close_quietly(sock)
                 return None
+            with self._lock:
+                if ident in self._live:
+                    self._live[ident] = sock  # what close_all() must shut down from now on
         sock.settimeout(policy.socket_timeout)
         pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
         if not pending:

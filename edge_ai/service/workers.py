@@ -95,6 +95,10 @@ class Pipeline:
         self.queue.fail_job(job.id, reason)
 
     def _process(self, job: Job) -> None:
+        if job.generation > 1 and self.queue.series_was_purged(job.series_id):
+            # a result on the few instances still kept would supersede the whole series' result in PACS
+            raise ImagingError("earlier instances of this series were deleted by storage.retention_days, "
+                               "so it cannot be re-analysed as a whole; the earlier result stands")
         refs = self.queue.series_instances(job.series_id)
         if not refs:
             raise ImagingError("series has no stored instances")

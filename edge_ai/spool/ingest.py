@@ -95,6 +95,10 @@ class Ingest:
                     moved = f"left in place ({move.strerror})"
                 problems.append(f"{path.name}: {exc}; {moved}")
                 continue
+            if self.queue.is_purged(uids["SOPInstanceUID"], digest):
+                with contextlib.suppress(OSError):  # retention's delete that a crash undid
+                    path.unlink()
+                continue
             ref = InstanceRef(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["SeriesInstanceUID"],
                               uids["StudyInstanceUID"], str(path), digest, len(part10))
             self.queue.add_instance(ref, uids["Modality"][:16], "recovered")
@@ -295,10 +299,19 @@ def _check_inflated_size(part10: bytes | Path, max_instance_bytes: int) -> None:
             while inflater.unconsumed_tail and total <= max_instance_bytes:
                 total += len(inflater.decompress(inflater.unconsumed_tail, _CHUNK))
             if total > max_instance_bytes:
-                raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set inflates past "
-                                       f"storage.max_instance_bytes ({max_instance_bytes})")
+                break
+        while total <= max_instance_bytes:  # output zlib still holds after the last input
+            out = inflater.decompress(inflater.unconsumed_tail, _CHUNK)
+            if not out:
+                break
+            total += len(out)
     except zlib.error as exc:
         raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set does not inflate") from exc
+    if total > max_instance_bytes:
+        raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set inflates past "
+                               f"storage.max_instance_bytes ({max_instance_bytes})")
+    if not inflater.eof:
+        raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set is cut off")
 
 
 def _chunks(part10: bytes | Path, offset: int) -> Iterator[bytes]:

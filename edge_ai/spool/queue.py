@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS instances (
     sha256 TEXT NOT NULL, size INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 1,
     received_at REAL NOT NULL, UNIQUE (sop_instance_uid, sha256));
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_id);
+CREATE INDEX IF NOT EXISTS instances_kept ON instances(series_id) WHERE path != '';
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL REFERENCES series(id),
     generation INTEGER NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
@@ -351,30 +352,56 @@ class Queue:
             self._set_state(db, job_id, JobState.DELIVERED)
 
     # ---- retention ----------------------------------------------------------------------------
-    def purgeable_series(self, before: float) -> list[tuple[int, str]]:
+    def purgeable_series(self, before: float, limit: int = 100) -> list[tuple[int, str]]:
         """(id, UID) of series whose every job is delivered, last changed before `before`, with files kept."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT s.id, s.series_uid FROM series s"
                 " WHERE EXISTS (SELECT 1 FROM instances i WHERE i.series_id=s.id AND i.path != '')"
                 " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_id=s.id AND j.state != ?)"
-                " AND (SELECT MAX(j.updated_at) FROM jobs j WHERE j.series_id=s.id) < ?",
-                (JobState.DELIVERED.value, before),
+                " AND (SELECT MAX(j.updated_at) FROM jobs j WHERE j.series_id=s.id) < ? LIMIT ?",
+                (JobState.DELIVERED.value, before, limit),
             ).fetchall()
         return [(int(r[0]), str(r[1])) for r in rows]
 
-    def series_files(self, series_id: int) -> list[tuple[int, str, int]]:
-        """(instance row id, path, size) of the series' instance files still kept."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, path, size FROM instances WHERE series_id=? AND path != ''", (series_id,)
-            ).fetchall()
-        return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+    def purge_series(self, series_id: int, before: float) -> list[tuple[str, int]]:
+        """Mark a series' kept files purged, durably, if it is still purgeable; returns (path, size) to delete.
 
-    def mark_purged(self, instance_ids: list[int]) -> None:
-        """The files of these instance rows are gone; the rows stay (a resend is still a known duplicate)."""
-        with self._tx() as db:
-            db.executemany("UPDATE instances SET path='' WHERE id=?", [(i,) for i in instance_ids])
+        Checked again and marked in one transaction under the lock that `add_instance` takes, so an
+        instance arriving meanwhile either lands before (the series is no longer purgeable) or after
+        (its file is not in the list). Committed with a full fsync before any file is deleted: after a
+        power cut no row points at a deleted file.
+        """
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._tx() as db:
+                    still = db.execute(
+                        "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE series_id=? AND state != ?)"
+                        " AND (SELECT MAX(updated_at) FROM jobs WHERE series_id=?) < ?",
+                        (series_id, JobState.DELIVERED.value, series_id, before),
+                    ).fetchone()[0]
+                    if not still:
+                        return []
+                    files = db.execute(
+                        "SELECT path, size FROM instances WHERE series_id=? AND path != ''", (series_id,)
+                    ).fetchall()
+                    db.execute("UPDATE instances SET path='' WHERE series_id=? AND path != ''", (series_id,))
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        return [(str(p), int(n)) for p, n in files]
+
+    def is_purged(self, sop_instance_uid: str, sha256: str) -> bool:
+        """This content was stored once and its file deleted by retention."""
+        with self._lock:
+            row = self._db.execute("SELECT path FROM instances WHERE sop_instance_uid=? AND sha256=?",
+                                   (sop_instance_uid, sha256)).fetchone()
+        return row is not None and row[0] == ""
+
+    def series_was_purged(self, series_id: int) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM instances WHERE series_id=? AND path='' LIMIT 1",
+                                    (series_id,)).fetchone() is not None
 
     # ---- status -------------------------------------------------------------------------------
     def last_instance_at(self, job_id: int) -> float | None:

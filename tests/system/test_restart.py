@@ -119,3 +119,12 @@ def test_retention_deletes_delivered_images_and_keeps_serving(node_factory: Any,
     assert storescu(node.port, files).returncode == 0, "a resend is acknowledged"
     assert node.cli("status").returncode == 0
     assert len(_srs(node.results)) == 1 and not list(spool.rglob("*.dcm"))
+    # a late slice cannot reopen a series whose other images are gone: its job fails with the reason
+    late = pydicom.dcmread(files[0])
+    late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    late.save_as(tmp_path / "late.dcm")
+    assert storescu(node.port, [tmp_path / "late.dcm"]).returncode == 0
+    failed = wait_for(lambda: [e for e in node.audit_events() if e["event"] == "job.state"
+                               and e.get("state") == "failed"], 30)
+    assert failed and "storage.retention_days" in failed[0]["reason"], node.audit_events()[-5:]
+    assert len(_srs(node.results)) == 1, "no SR from the one slice left"

@@ -281,3 +281,15 @@ def test_a_deflate_bomb_is_refused_without_inflating_it_whole(spool: Spool, queu
     assert stored_files(spool) == [] and indexed(queue) == 0
     fine, fine_set = deflated(1024)
     assert not ingest.store(fine, fine_set, CT_IMAGE, "assoc-1").outcome.duplicate
+    # 50 bytes over the limit, most of them in zlib's last buffered output, are still over the limit
+    import zlib
+
+    base = len(zlib.decompress(deflated(0)[1], -zlib.MAX_WBITS))
+    over, over_set = deflated(8 * 1024 * 1024 - base + 50)
+    with pytest.raises(RejectedInstance) as info:
+        ingest.store(over, over_set, CT_IMAGE, "assoc-1")
+    assert "storage.max_instance_bytes" in info.value.reason
+    # and a cut-off stream is refused rather than stored
+    with pytest.raises(RejectedInstance) as info:
+        ingest.store(fine[:-20], fine_set[:-20], CT_IMAGE, "assoc-1")
+    assert info.value.status == 0xC000

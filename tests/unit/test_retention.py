@@ -85,3 +85,52 @@ def test_a_resend_after_purge_is_a_known_duplicate_and_zero_days_keeps_everythin
     again = ingest.store(part10, dataset, CT_IMAGE, "assoc-2")
     assert again.outcome.duplicate and not Path(again.ref.path).exists()
     assert ingest.queue.claim_ready() is None and ingest.queue.association_released("assoc-2") == 0
+
+
+def test_an_instance_arriving_while_the_purge_runs_is_kept_and_processed(ingest: Ingest,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The purge picks a series, then a late instance of it is acknowledged before its files are listed:
+    the series is no longer purgeable, nothing of it is deleted, and the late instance's job sees it."""
+    series = _series(ingest, "assoc-1")
+    _to(ingest, "delivered")
+    q = ingest.queue
+    picked = q.purgeable_series
+    late: list[Stored] = []
+
+    def then_a_late_instance(before: float, limit: int = 100) -> list[tuple[int, str]]:
+        out = picked(before, limit)
+        part10, dataset, _ = ct_part10(SeriesInstanceUID=series[0].ref.series_instance_uid,
+                                       StudyInstanceUID=series[0].ref.study_instance_uid)
+        late.append(ingest.store(part10, dataset, CT_IMAGE, "assoc-2"))
+        return out
+
+    monkeypatch.setattr(q, "purgeable_series", then_a_late_instance)
+    assert purge(q, 7, lambda *a, **k: None, now=time.time() + 8 * DAY_S).series == 0
+    assert all(Path(s.ref.path).exists() for s in [*series, *late])
+    q.association_released("assoc-2")
+    job = q.claim_ready()
+    assert job is not None and len(q.series_instances(job.series_id)) == 4
+
+
+def test_a_purged_file_that_a_crash_brought_back_is_removed_at_start(ingest: Ingest, tmp_path: Path) -> None:
+    """If the delete was lost (power cut after the index commit), recovery removes the file instead of
+    leaving it on disk for good."""
+    part10, dataset, _ = ct_part10()
+    stored = ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
+    ingest.queue.association_released("assoc-1")
+    _to(ingest, "delivered")
+    purge(ingest.queue, 7, lambda *a, **k: None, now=time.time() + 8 * DAY_S)
+    Path(stored.ref.path).write_bytes(part10)  # the unlink a crash undid
+    assert ingest.recover_orphans() == []
+    assert not Path(stored.ref.path).exists()
+
+
+def test_a_bounded_step_leaves_the_rest_for_the_next(ingest: Ingest) -> None:
+    """With no time budget left, a call purges nothing more and says there is more to do."""
+    for n in range(2):
+        _series(ingest, f"assoc-{n}", n=1)
+        _to(ingest, "delivered")
+    first = purge(ingest.queue, 7, lambda *a, **k: None, now=time.time() + 8 * DAY_S, budget_s=-1)
+    assert first.more and first.series == 0
+    rest = purge(ingest.queue, 7, lambda *a, **k: None, now=time.time() + 8 * DAY_S)
+    assert rest.series == 2 and not rest.more
