@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -265,6 +266,24 @@ def vm_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0])
     return out
+
+
+def recv_pdu(sock: socket.socket) -> bytes:
+    """One whole PDU as it arrived (header and body); shorter if the peer closed first."""
+    head = b""
+    while len(head) < 6:
+        chunk = sock.recv(6 - len(head))
+        if not chunk:
+            return head
+        head += chunk
+    (length,) = struct.unpack(">L", head[2:6])
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return head + body
 
 
 def reset_peak_rss(pid: int) -> None:

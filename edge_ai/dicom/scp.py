@@ -233,13 +233,8 @@ class _Store:
             reason = f"internal error: {type(exc).__name__}"
             scp.refused(self.assoc, self.command, status.PROCESSING_FAILURE, reason)
             return status.PROCESSING_FAILURE, reason
-        try:
-            scp.stored(self.assoc, stored)
-        except Exception:
-            # the instance is durable and indexed, so it will be processed: Success is the truth. The
-            # audit line is what failed (its volume full or unwritable): loud in the log, not silent.
-            scp.log.exception("audit_write_failed", association=self.assoc.id,
-                              sop_instance_uid=stored.ref.sop_instance_uid)
+        # durable and indexed, so it will be processed: Success even if its audit line fails (_record)
+        scp.stored(self.assoc, stored)
         return status.SUCCESS, ""
 
     def discard(self) -> None:

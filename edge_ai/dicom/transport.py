@@ -173,15 +173,14 @@ class Association:
 class Sink(Protocol):
     """Where one C-STORE data set goes while it arrives."""
 
-    def write(self, fragment: memoryview) -> None: ...
+    def write(self, fragment: memoryview) -> None:
+        """The next fragment of the data set, in order."""
 
     def finish(self) -> tuple[int, str]:
         """All fragments are in: (DIMSE status, error comment). Success only once it is durable."""
-        ...
 
     def discard(self) -> None:
         """The association ended mid-data set: leave nothing behind."""
-        ...
 
 
 class Service(Protocol):
@@ -189,20 +188,25 @@ class Service(Protocol):
 
     def supported(self) -> dict[str, list[str]]:
         """Abstract syntax -> transfer syntaxes accepted for it."""
-        ...
 
-    def accepted(self, assoc: Association) -> None: ...
+    def accepted(self, assoc: Association) -> None:
+        """The A-ASSOCIATE-AC has been sent."""
 
-    def rejected(self, assoc: Association, result: int, source: int, diagnostic: int, reason: str) -> None: ...
+    def rejected(self, assoc: Association, result: int, source: int, diagnostic: int, reason: str) -> None:
+        """An A-ASSOCIATE-RJ with these values has been sent, for `reason`."""
 
-    def echo(self, assoc: Association) -> int: ...
+    def echo(self, assoc: Association) -> int:
+        """The status of a C-ECHO."""
 
     def begin_store(self, assoc: Association, command: Command, abstract_syntax: str,
-                    transfer_syntax: str) -> Sink: ...
+                    transfer_syntax: str) -> Sink:
+        """A C-STORE request is complete: where its data set goes."""
 
-    def released(self, assoc: Association) -> None: ...
+    def released(self, assoc: Association) -> None:
+        """A-RELEASE-RP has been sent: every response of the association went out before."""
 
-    def aborted(self, assoc: Association, reason: str) -> None: ...
+    def aborted(self, assoc: Association, reason: str) -> None:
+        """The association ended without release (A-ABORT either way, or the connection closed)."""
 
 
 class _Closed(Exception):

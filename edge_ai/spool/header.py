@@ -48,7 +48,7 @@ _MAX_DEPTH = 16
 
 
 class _Unexpected(Exception):
-    pass
+    """Something the fast path does not read: the caller falls back to pydicom."""
 
 
 def fast_header(data: bytes | bytearray | memoryview, transfer_syntax: str,

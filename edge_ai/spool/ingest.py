@@ -22,7 +22,7 @@ from edge_ai.domain import InstanceRef
 from edge_ai.errors import RejectedInstance
 from edge_ai.spool.header import fast_header, meta_transfer_syntax
 from edge_ai.spool.queue import Queue, StoreOutcome
-from edge_ai.spool.store import Spool
+from edge_ai.spool.store import Spool, write_all
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
@@ -136,7 +136,7 @@ class Receiving:
             return
         try:
             self._fd, self._tmp = spool.open_tmp()
-            _write_all(self._fd, prefix)
+            write_all(self._fd, prefix)
         except OSError as exc:
             self._refuse_io(exc)
 
@@ -158,7 +158,7 @@ class Receiving:
         self._hash.update(fragment)
         assert self._fd is not None
         try:
-            _write_all(self._fd, fragment)
+            write_all(self._fd, fragment)
         except OSError as exc:
             self._refuse_io(exc)
             return
@@ -221,12 +221,6 @@ class Receiving:
         return Stored(ref, modality, outcome)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def dataset_offset(part10: bytes) -> int:
     """Where the data set starts in a Part-10 file: preamble, 'DICM', then the file meta group,
     whose first element (0002,0000) gives its length.
@@ -246,8 +240,9 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
         RejectedInstance: 0xC000 unparseable, bad UIDs or a decoded size above `max_instance_bytes`;
             0xA900 when the data set's SOP class is not the presentation context's.
     """
-    _check_inflated_size(part10, max_instance_bytes)
-    header = parse_header(part10)
+    probe = _probe(part10)
+    _check_inflated_size(part10, probe, max_instance_bytes)
+    header = parse_header(part10, probe)
     # a value of the wrong type (a sequence where a UID belongs) counts as missing; never str() it
     uids = {k: v if isinstance(v := header.get(k, ""), str) else "" for k in _HEADER_TAGS}
     for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -274,7 +269,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 _CHUNK = 1 << 20
 
 
-def _check_inflated_size(part10: bytes | Path, max_instance_bytes: int) -> None:
+def _check_inflated_size(part10: bytes | Path, probe: bytes, max_instance_bytes: int) -> None:
     """A deflated data set is inflated once, in bounded steps and without keeping the output, so that a
     few kilobytes claiming gigabytes (a deflate bomb) are refused here instead of exhausting memory in
     the header read or in the worker.
@@ -282,14 +277,9 @@ def _check_inflated_size(part10: bytes | Path, max_instance_bytes: int) -> None:
     Raises:
         RejectedInstance: 0xC000 when it inflates past `max_instance_bytes` or does not inflate.
     """
-    if isinstance(part10, Path):
-        with part10.open("rb") as f:
-            head = f.read(_PROBE)
-    else:
-        head = part10[:_PROBE]
-    if meta_transfer_syntax(head) != DEFLATED or len(head) < 144:
+    if meta_transfer_syntax(probe) != DEFLATED or len(probe) < 144:
         return
-    offset = 144 + int.from_bytes(head[140:144], "little")
+    offset = 144 + int.from_bytes(probe[140:144], "little")
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # PS3.5 A.5: raw deflate, no zlib header
     total = 0
     try:
@@ -328,18 +318,24 @@ def _chunks(part10: bytes | Path, offset: int) -> Iterator[bytes]:
 _PROBE = 65536  # a header this long is read from the file for the fast path; longer ones go to pydicom
 
 
-def parse_header(part10: bytes | Path) -> Mapping[str, Any] | pydicom.Dataset:
-    """Read the identifying attributes only; pixel data stays as received.
+def _probe(part10: bytes | Path) -> bytes:
+    """The start of a file (up to one byte past `_PROBE`, so a caller can tell it was cut), or the bytes."""
+    if isinstance(part10, Path):
+        with part10.open("rb") as f:
+            return f.read(_PROBE + 1)
+    return part10
+
+
+def parse_header(part10: bytes | Path, probe: bytes | None = None) -> Mapping[str, Any] | pydicom.Dataset:
+    """Read the identifying attributes only; pixel data stays as received. `probe` is `_probe(part10)`
+    where the caller has it already.
 
     Raises:
         RejectedInstance: 0xC000 when the bytes are not a DICOM data set.
     """
-    if isinstance(part10, Path):
-        with part10.open("rb") as f:
-            probe = f.read(_PROBE + 1)
-        complete = len(probe) <= _PROBE
-    else:
-        probe, complete = part10, True
+    if probe is None:
+        probe = _probe(part10)
+    complete = not isinstance(part10, Path) or len(probe) <= _PROBE
     ts = meta_transfer_syntax(probe)
     if ts is not None and len(probe) >= 144:
         fast = fast_header(memoryview(probe)[144 + int.from_bytes(probe[140:144], "little"):], ts, complete)

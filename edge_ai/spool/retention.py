@@ -55,8 +55,8 @@ def purge(queue: Queue, retention_days: float, audit: Callable[..., Any], now: f
         for path, _ in files:
             try:
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
+            except FileNotFoundError:  # already gone: a purge a crash interrupted
+                continue
             except OSError as exc:  # left for Ingest.recover_orphans, which removes purged files at start
                 if log is not None:
                     log.warning("spool_purge_unlink_failed", error=exc.strerror)

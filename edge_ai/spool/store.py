@@ -75,21 +75,7 @@ class Spool:
         """
         directory = path.parent
         new_dir = not directory.is_dir()  # the buckets are made at start; one removed since is made again
-        try:
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if new_dir:
-                directory.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(directory)
-        if new_dir:
-            fsync_dir(directory.parent)
+        commit_durably(fd, tmp, path, new_dir)
 
     def quarantine(self, path: Path) -> Path:
         """Move a spool file that cannot be trusted out of the way, keeping it for inspection."""
@@ -120,15 +106,33 @@ def write_durably(path: Path, chunks: list[bytes] | bytes, tmp_dir: Path | None 
     tmp = tmp_dir / f".{path.name}.{os.getpid()}.{id(chunks):x}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
+        for chunk in chunks:
+            write_all(fd, chunk)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    commit_durably(fd, tmp, path, new_dir)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def commit_durably(fd: int, tmp: Path, path: Path, new_dir: bool) -> None:
+    """fsync the open `tmp`, close it, rename it to `path` (making its folder if `new_dir`), fsync the
+    folder (and its parent if new). On an error before the rename, tmp is removed."""
+    directory = path.parent
+    try:
         try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
             os.fsync(fd)
         finally:
             os.close(fd)
+        if new_dir:
+            directory.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

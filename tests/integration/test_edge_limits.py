@@ -20,6 +20,7 @@ from peers import (
     echo_ok,
     make_pki,
     raw_c_store,
+    recv_pdu,
     storescu,
     tls_args,
     vm_kib,
@@ -38,32 +39,15 @@ MB = 1024 * 1024
 RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 
 
-def _recv_pdu(sock: socket.socket) -> bytes:
-    head = b""
-    while len(head) < 6:
-        chunk = sock.recv(6 - len(head))
-        if not chunk:
-            return head
-        head += chunk
-    (length,) = struct.unpack(">L", head[2:6])
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return head + body
-
-
 def _one_association(port: int, results: list[str]) -> None:
     """A complete raw association: request, then release if accepted."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(associate_rq())
-            answer = _recv_pdu(s)
+            answer = recv_pdu(s)
             if answer[:1] == b"\x02":
                 s.sendall(RELEASE_RQ)
-                _recv_pdu(s)
+                recv_pdu(s)
                 results.append("accepted")
             elif answer[:1] == b"\x03":
                 results.append(f"rejected {answer[7]}/{answer[8]}/{answer[9]}")
@@ -111,7 +95,7 @@ def _stall(port: int, kind: str, ctx: ssl.SSLContext | None = None) -> socket.so
         s.sendall(associate_rq()[:6])
     else:
         s.sendall(associate_rq())
-        assert _recv_pdu(s)[:1] == b"\x02", "association accepted"
+        assert recv_pdu(s)[:1] == b"\x02", "association accepted"
         s.sendall(P_DATA_HEADER_ONLY)
     return s
 
@@ -175,7 +159,7 @@ def _stream_after_claim(port: int, header: bytes, prefix: bytes = b"", stream_mb
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         if prefix:
             s.sendall(prefix)
-            assert _recv_pdu(s)[:1] == b"\x02"
+            assert recv_pdu(s)[:1] == b"\x02"
         s.sendall(header)
         chunk = b"\x00" * MB
         try:
@@ -184,7 +168,7 @@ def _stream_after_claim(port: int, header: bytes, prefix: bytes = b"", stream_mb
         except OSError:
             pass  # the node hung up, as it should
         try:
-            return _recv_pdu(s)
+            return recv_pdu(s)
         except OSError:
             return b""
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import needs_dcmtk
-from peers import associate_rq, dataset_bytes, echo_ok, reset_peak_rss, storescu, vm_kib, wait_for
+from peers import associate_rq, dataset_bytes, echo_ok, recv_pdu, reset_peak_rss, storescu, vm_kib, wait_for
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -27,20 +27,8 @@ MB = 1024 * 1024
 
 
 def _recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    head = b""
-    while len(head) < 6:
-        chunk = sock.recv(6 - len(head))
-        if not chunk:
-            return 0, b""
-        head += chunk
-    kind, _, length = struct.unpack(">BBL", head)
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return kind, body
+    raw = recv_pdu(sock)
+    return (raw[0], raw[6:]) if len(raw) >= 6 else (0, b"")
 
 
 def _command(*elements: tuple[int, bytes]) -> bytes:

@@ -168,7 +168,7 @@ def test_disk_full_during_write_is_a700_and_nothing_indexed(
     if where == "at fsync":
         monkeypatch.setattr(os, "fsync", full)
     else:
-        monkeypatch.setattr("edge_ai.spool.ingest._write_all", full)
+        monkeypatch.setattr("edge_ai.spool.ingest.write_all", full)
     receiving.write(memoryview(dataset))
     with pytest.raises(RejectedInstance) as info:
         receiving.finish()
