@@ -3,21 +3,23 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-DEBS   := dcmtk orthanc dicom3tools systemd
+DEBS   := dcmtk orthanc orthanc-dicomweb dicom3tools libgdcm-tools systemd libsystemd-dev pkg-config \
+          chromium rsyslog rsyslog-gnutls gnutls-bin
 
 .PHONY: serve test lint system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,systemd]'
 	touch $@
 
-# DCMTK (storescu/echoscu/storescp), Orthanc (a real PACS) and dciodvfy are the tests' peers;
-# systemd provides systemd-analyze, which gates the hardened unit (tests/system/test_deploy.py).
+# DCMTK (storescu/echoscu/storescp), GDCM (gdcmscu), Orthanc with its DICOMweb plugin (a real PACS and
+# sender) and dciodvfy are the tests' peers; Chromium drives the dashboard tests; rsyslog with gnutls is the
+# audit record repository; systemd provides systemd-analyze (tests/system/test_deploy.py); libsystemd-dev
+# and pkg-config build systemd-python (the `systemd` extra).
 system-deps:
-	@if [ ! -x /usr/bin/storescu ] || [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/dciodvfy ] \
-	  || [ ! -x /usr/bin/systemd-analyze ]; then \
+	@if ! dpkg -s $(DEBS) >/dev/null 2>&1; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	fi
 
