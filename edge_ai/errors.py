@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 
 class EdgeAIError(Exception):
     """Base of every error edge_ai raises on purpose."""
@@ -11,12 +13,22 @@ class ConfigError(EdgeAIError):
     """The configuration (or a model package it names) is invalid; the message names the key."""
 
 
-class RejectedInstance(EdgeAIError):
-    """An incoming instance is refused; `status` is the DIMSE status the SCP answers with."""
+class Refusal(enum.StrEnum):
+    """Why ingest refused an instance. Each boundary maps it to its own answer: the SCP to a DIMSE
+    status (dicom/scp.py), the HTTP API to an HTTP status and a STOW-RS Failure Reason."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    OUT_OF_RESOURCES = "out_of_resources"  # no space, spool or index unwritable
+    DATASET_MISMATCH = "dataset_mismatch"  # SOP class or instance UID differs from what was announced
+    CANNOT_UNDERSTAND = "cannot_understand"  # not a parseable data set, cut short, unusable UIDs, too large
+    SOP_CLASS_NOT_SUPPORTED = "sop_class_not_supported"  # not a storage SOP class
+
+
+class RejectedInstance(EdgeAIError):
+    """An incoming instance is refused: `kind` says which way, `reason` says why (for the peer and audit)."""
+
+    def __init__(self, kind: Refusal, reason: str) -> None:
         super().__init__(reason)
-        self.status = status
+        self.kind = kind
         self.reason = reason
 
 

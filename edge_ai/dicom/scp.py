@@ -17,7 +17,7 @@ from edge_ai.dicom.contexts import STORAGE_CLASSES, TRANSFER_SYNTAXES, VERIFICAT
 from edge_ai.dicom.pdu import Command
 from edge_ai.dicom.tls import server_context
 from edge_ai.dicom.transport import Association, NodeServer, Policy, callers_from_config
-from edge_ai.errors import RejectedInstance
+from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.spool.ingest import Ingest, Receiving, Stored
 
 Audit = Callable[..., None]
@@ -25,6 +25,13 @@ Audit = Callable[..., None]
 # A-ASSOCIATE-RJ (result, source, diagnostic) that are a security alert (PS3.15 A.5.3.11)
 _ALERTS = {(0x01, 0x01, 0x03), (0x01, 0x01, 0x07)}
 _UID_CHARS = frozenset("0123456789.")
+# the one place a refusal becomes a DIMSE status
+DIMSE_STATUS = {
+    Refusal.OUT_OF_RESOURCES: status.OUT_OF_RESOURCES,
+    Refusal.DATASET_MISMATCH: status.DATASET_MISMATCH,
+    Refusal.CANNOT_UNDERSTAND: status.CANNOT_UNDERSTAND,
+    Refusal.SOP_CLASS_NOT_SUPPORTED: status.SOP_CLASS_NOT_SUPPORTED,
+}
 
 
 class StorageSCP:
@@ -200,13 +207,13 @@ class _Store:
         self.refusal: RejectedInstance | None = None
         affected = command.sop_class_uid
         if affected not in STORAGE_CLASSES:
-            self.refusal = RejectedInstance(status.SOP_CLASS_NOT_SUPPORTED, f"SOP class {affected or '(none)'} "
+            self.refusal = RejectedInstance(Refusal.SOP_CLASS_NOT_SUPPORTED, f"SOP class {affected or '(none)'} "
                                             "is not one this node stores (see docs/conformance.md)")
         elif affected != abstract_syntax:
-            self.refusal = RejectedInstance(status.DATASET_MISMATCH, f"affected SOP class {affected} differs "
+            self.refusal = RejectedInstance(Refusal.DATASET_MISMATCH, f"affected SOP class {affected} differs "
                                             f"from the presentation context {abstract_syntax}")
         elif not _valid_uid(command.sop_instance_uid):
-            self.refusal = RejectedInstance(status.CANNOT_UNDERSTAND,
+            self.refusal = RejectedInstance(Refusal.CANNOT_UNDERSTAND,
                                             "Affected SOP Instance UID missing or not a valid UID")
         else:
             prefix = pdu.file_meta(affected, command.sop_instance_uid, transfer_syntax, assoc.calling_ae)
@@ -224,8 +231,9 @@ class _Store:
             assert self.receiving is not None
             stored = self.receiving.finish()
         except RejectedInstance as exc:
-            scp.refused(self.assoc, self.command, exc.status, exc.reason)
-            return exc.status, exc.reason
+            code = DIMSE_STATUS[exc.kind]
+            scp.refused(self.assoc, self.command, code, exc.reason)
+            return code, exc.reason
         except Exception as exc:  # the boundary: anything unexpected is a failure, never Success
             scp.log.exception("store_failed", association=self.assoc.id)
             if self.receiving is not None:

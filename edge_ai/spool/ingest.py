@@ -1,4 +1,4 @@
-"""From received bytes to a durable, indexed instance — or a RejectedInstance with its status."""
+"""From received bytes to a durable, indexed instance — or a RejectedInstance with its reason."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from typing import Any
 
 import pydicom
 
-from edge_ai.dicom import status
 from edge_ai.domain import InstanceRef
-from edge_ai.errors import RejectedInstance
+from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.spool.header import fast_header, meta_transfer_syntax
 from edge_ai.spool.queue import Queue, StoreOutcome
 from edge_ai.spool.store import Spool, write_all
@@ -55,7 +54,7 @@ class Ingest:
             assoc: an identifier of the association, for series grouping.
 
         Raises:
-            RejectedInstance: with the DIMSE status to answer.
+            RejectedInstance: with the kind of refusal and its reason.
         """
         receiving = self.receive(part10[:len(part10) - len(dataset_bytes)], context_sop_class, assoc)
         receiving.write(memoryview(dataset_bytes))
@@ -87,7 +86,7 @@ class Ingest:
                 uids = examine(part10, str(header.get("SOPClassUID", "")), self.max_instance_bytes)
                 digest = hashlib.sha256(part10[dataset_offset(part10):]).hexdigest()
                 if self.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}") != path:
-                    raise RejectedInstance(status.CANNOT_UNDERSTAND, "content does not match its name")
+                    raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, "content does not match its name")
             except (RejectedInstance, OSError, ValueError) as exc:
                 try:
                     moved = f"moved to {self.spool.quarantine(path)}"
@@ -128,10 +127,10 @@ class Receiving:
         try:
             free = spool.free_bytes()
         except OSError as exc:
-            self.refusal = RejectedInstance(status.OUT_OF_RESOURCES, f"spool unavailable: {exc.strerror}")
+            self.refusal = RejectedInstance(Refusal.OUT_OF_RESOURCES, f"spool unavailable: {exc.strerror}")
             return
         if free < ingest.min_free_bytes:
-            self.refusal = RejectedInstance(status.OUT_OF_RESOURCES,
+            self.refusal = RejectedInstance(Refusal.OUT_OF_RESOURCES,
                                             f"free space {free} below storage.min_free_bytes")
             return
         try:
@@ -142,7 +141,7 @@ class Receiving:
 
     def _refuse_io(self, exc: OSError) -> None:
         reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
-        self.refusal = RejectedInstance(status.OUT_OF_RESOURCES, reason)
+        self.refusal = RejectedInstance(Refusal.OUT_OF_RESOURCES, reason)
         self.discard()
 
     def write(self, fragment: memoryview) -> None:
@@ -151,7 +150,7 @@ class Receiving:
         self._received += len(fragment)
         if self._received > self.ingest.max_instance_bytes:
             self.refusal = RejectedInstance(
-                status.CANNOT_UNDERSTAND,
+                Refusal.CANNOT_UNDERSTAND,
                 f"data set larger than storage.max_instance_bytes ({self.ingest.max_instance_bytes})")
             self.discard()
             return
@@ -175,7 +174,7 @@ class Receiving:
                 tmp.unlink()
 
     def finish(self) -> Stored:
-        """Raises: RejectedInstance with the status to answer; nothing is left behind then."""
+        """Raises: RejectedInstance; nothing is left behind then."""
         try:
             return self._finish()
         except BaseException:
@@ -189,7 +188,7 @@ class Receiving:
         ingest, spool = self.ingest, self.ingest.spool
         uids = examine(self._tmp, self.context_sop_class, ingest.max_instance_bytes)
         if self.expected_uid is not None and uids["SOPInstanceUID"] != self.expected_uid:
-            raise RejectedInstance(status.DATASET_MISMATCH, "data set SOP Instance UID differs from the "
+            raise RejectedInstance(Refusal.DATASET_MISMATCH, "data set SOP Instance UID differs from the "
                                    "request's Affected SOP Instance UID")
         digest = self._hash.hexdigest()
         path = spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
@@ -208,16 +207,16 @@ class Receiving:
         else:
             try:
                 if spool.free_bytes() < ingest.min_free_bytes:
-                    raise RejectedInstance(status.OUT_OF_RESOURCES, "free space below storage.min_free_bytes")
+                    raise RejectedInstance(Refusal.OUT_OF_RESOURCES, "free space below storage.min_free_bytes")
                 fd, tmp, self._fd, self._tmp = self._fd, self._tmp, None, None
                 spool.commit(fd, tmp, path)
             except OSError as exc:
                 reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
-                raise RejectedInstance(status.OUT_OF_RESOURCES, reason) from exc
+                raise RejectedInstance(Refusal.OUT_OF_RESOURCES, reason) from exc
         try:
             outcome = ingest.queue.add_instance(ref, modality, self.assoc)
         except sqlite3.Error as exc:
-            raise RejectedInstance(status.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
+            raise RejectedInstance(Refusal.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
         return Stored(ref, modality, outcome)
 
 
@@ -248,17 +247,17 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
     for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = uids[key]
         if not value or len(value) > 64 or not _UID_RE.match(value):
-            raise RejectedInstance(status.CANNOT_UNDERSTAND, f"{key} missing or not a valid UID")
+            raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, f"{key} missing or not a valid UID")
     if uids["SOPClassUID"] != context_sop_class:
         raise RejectedInstance(
-            status.DATASET_MISMATCH,
+            Refusal.DATASET_MISMATCH,
             f"data set SOP class {uids['SOPClassUID']} differs from the presentation context "
             f"{context_sop_class}",
         )
     decoded = decoded_size(header)
     if decoded > max_instance_bytes:
         raise RejectedInstance(
-            status.CANNOT_UNDERSTAND,
+            Refusal.CANNOT_UNDERSTAND,
             f"decoded pixel data would be {decoded} bytes, above storage.max_instance_bytes "
             f"({max_instance_bytes})",
         )
@@ -296,12 +295,12 @@ def _check_inflated_size(part10: bytes | Path, probe: bytes, max_instance_bytes:
                 break
             total += len(out)
     except zlib.error as exc:
-        raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set does not inflate") from exc
+        raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, "deflated data set does not inflate") from exc
     if total > max_instance_bytes:
-        raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set inflates past "
+        raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, "deflated data set inflates past "
                                f"storage.max_instance_bytes ({max_instance_bytes})")
     if not inflater.eof:
-        raise RejectedInstance(status.CANNOT_UNDERSTAND, "deflated data set is cut off")
+        raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, "deflated data set is cut off")
 
 
 def _chunks(part10: bytes | Path, offset: int) -> Iterator[bytes]:
@@ -349,7 +348,7 @@ def parse_header(part10: bytes | Path, probe: bytes | None = None) -> Mapping[st
             ds.get(key)  # force decoding of each element now, inside this try
     except Exception as exc:  # untrusted bytes: any parser failure means "cannot understand"
         reason = f"not a parseable DICOM data set: {type(exc).__name__}"
-        raise RejectedInstance(status.CANNOT_UNDERSTAND, reason) from exc
+        raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, reason) from exc
     return ds
 
 
@@ -370,7 +369,7 @@ def decoded_size(header: Mapping[str, Any] | pydicom.Dataset) -> int:
         bits = int(header.get("BitsAllocated") or 8)
     except (TypeError, ValueError, OverflowError) as exc:
         reason = f"image geometry is not numeric: {type(exc).__name__}"
-        raise RejectedInstance(status.CANNOT_UNDERSTAND, reason) from exc
+        raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, reason) from exc
     if min(rows, cols, frames, samples, bits) < 0:
-        raise RejectedInstance(status.CANNOT_UNDERSTAND, "image geometry has a negative value")
+        raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, "image geometry has a negative value")
     return rows * cols * frames * samples * ((bits + 7) // 8)

@@ -17,7 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from edge_ai.dicom import status
 from edge_ai.dicom.contexts import CT_IMAGE, DX_PRESENTATION
-from edge_ai.errors import RejectedInstance
+from edge_ai.dicom.scp import DIMSE_STATUS
+from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.spool import ingest as ingest_mod
 from edge_ai.spool.ingest import Ingest
 from edge_ai.spool.queue import Queue
@@ -84,7 +85,7 @@ def indexed(queue: Queue) -> int:
 def reject(ingest: Ingest, part10: bytes, dataset: bytes | None = None, context: str = CT_IMAGE) -> int:
     with pytest.raises(RejectedInstance) as info:
         ingest.store(part10, part10 if dataset is None else dataset, context, "assoc-1")
-    return info.value.status
+    return DIMSE_STATUS[info.value.kind]
 
 
 def test_store_keeps_the_received_bytes(ingest: Ingest, spool: Spool, queue: Queue) -> None:
@@ -172,7 +173,7 @@ def test_disk_full_during_write_is_a700_and_nothing_indexed(
     receiving.write(memoryview(dataset))
     with pytest.raises(RejectedInstance) as info:
         receiving.finish()
-    assert info.value.status == 0xA700 and "disk full" in info.value.reason
+    assert info.value.kind == Refusal.OUT_OF_RESOURCES and "disk full" in info.value.reason
     assert stored_files(spool) == [] and list(spool.tmp.iterdir()) == [] and indexed(queue) == 0
 
 
@@ -197,7 +198,7 @@ def test_data_set_above_max_instance_bytes_is_refused_while_it_arrives(spool: Sp
     assert list(spool.tmp.iterdir()) == []
     with pytest.raises(RejectedInstance) as info:
         receiving.finish()
-    assert info.value.status == 0xC000 and "storage.max_instance_bytes" in info.value.reason
+    assert info.value.kind == Refusal.CANNOT_UNDERSTAND and "storage.max_instance_bytes" in info.value.reason
     assert stored_files(spool) == [] and indexed(queue) == 0
 
 
@@ -277,7 +278,7 @@ def test_a_deflate_bomb_is_refused_without_inflating_it_whole(spool: Spool, queu
     assert len(bomb) < 100_000
     with pytest.raises(RejectedInstance) as info:
         ingest.store(bomb, bomb_set, CT_IMAGE, "assoc-1")
-    assert info.value.status == 0xC000 and "storage.max_instance_bytes" in info.value.reason
+    assert info.value.kind == Refusal.CANNOT_UNDERSTAND and "storage.max_instance_bytes" in info.value.reason
     assert stored_files(spool) == [] and indexed(queue) == 0
     fine, fine_set = deflated(1024)
     assert not ingest.store(fine, fine_set, CT_IMAGE, "assoc-1").outcome.duplicate
@@ -292,4 +293,4 @@ def test_a_deflate_bomb_is_refused_without_inflating_it_whole(spool: Spool, queu
     # and a cut-off stream is refused rather than stored
     with pytest.raises(RejectedInstance) as info:
         ingest.store(fine[:-20], fine_set[:-20], CT_IMAGE, "assoc-1")
-    assert info.value.status == 0xC000
+    assert info.value.kind == Refusal.CANNOT_UNDERSTAND
