@@ -16,20 +16,22 @@ from edge_ai.config import load as config_load
 from edge_ai.dicom.scp import StorageSCP
 from edge_ai.domain import JobState
 from edge_ai.errors import ConfigError, ModelError
+from edge_ai.grouping.completion import Completion
 from edge_ai.inference.engine import load_engine, self_test
 from edge_ai.inference.package import load_package
 from edge_ai.observability import logging as obs_logging
 from edge_ai.observability.audit import AuditLog
 from edge_ai.observability.drift import DriftMonitor
 from edge_ai.observability.metrics import Metrics
+from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
+from edge_ai.service.stores import open_stores
 from edge_ai.service.systemd import Notifier
 from edge_ai.service.workers import Pipeline, Served
 from edge_ai.spool import retention
 from edge_ai.spool.ingest import Ingest
-from edge_ai.spool.queue import Delivery, Queue
 from edge_ai.spool.store import Spool
 
 _STOP_BUDGET_S = 8.0  # SIGTERM -> exit, leaving margin under systemd's 10 s
@@ -100,27 +102,30 @@ class App:
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
         self.audit_log = AuditLog(cfg.audit_path, cfg.audit.fsync_interval_ms / 1000)
-        self.metrics = Metrics(lambda: self.queue.counts(), root, lambda: self.drift.scores())
+        self.metrics = Metrics(lambda: self.stores.jobs.counts(), root, lambda: self.drift.scores())
         self.metrics_port: int | None = None
         self.audit = self._audited
         self.spool = Spool(root / "spool")
-        self.queue = Queue(root / "spool" / "queue.sqlite3", listener=self._on_job_state)
+        self.stores = open_stores(root, listener=self._on_job_state)
+        self.completion = Completion(self.stores.jobs, cfg.grouping.quiet_window_s, cfg.grouping.series_timeout_s)
         self.models, self.model_checks = load_models(cfg, self.audit, self.log)
         self.drift = DriftMonitor({}, cfg.drift.window, cfg.drift.threshold, self.audit, self.log)
         self._models_changed()
         self.pipeline = self._make_pipeline(cfg, self.models)
         self.outbox = Outbox(
-            self.queue, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log,
+            self.stores.deliveries, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log,
             on_delivered=self._on_delivered,
         )
         self._started_at = time.time()
-        self.ingest = Ingest(self.spool, self.queue, cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes)
-        self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, on_release=self._wake_worker.set)
+        self.ingest = Ingest(self.spool, self.stores.db, self.stores.index, self.stores.jobs,
+                             cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes,
+                             carried=self.completion.carried)
+        self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, completion=self.completion)
         self._threads: list[threading.Thread] = []
 
     def _make_pipeline(self, cfg: Config, models: dict[str, Served]) -> Pipeline:
         return Pipeline(
-            self.queue, self.spool, models, cfg.routing or [], [d.name for d in cfg.destinations or []],
+            self.stores, self.spool, models, cfg.routing or [], [d.name for d in cfg.destinations or []],
             DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
             on_stage=self.metrics.observe_stage, on_tensor=self._on_tensor,
             on_error=self.metrics.observe_error,
@@ -152,7 +157,7 @@ class App:
 
     def _on_delivered(self, delivery: Delivery, seconds: float) -> None:
         self.metrics.observe_stage("delivery", seconds)
-        received = self.queue.last_instance_at(delivery.job_id)
+        received = self.stores.jobs.last_instance_at(delivery.job_id)
         if received is not None:
             self.metrics.observe_time_to_result(delivery.destination, time.time() - received)
 
@@ -170,7 +175,7 @@ class App:
     def _write_status(self) -> None:
         content = node_status.snapshot(
             pid=_pid(), version=__version__, started_at=self._started_at, models=self._model_versions(),
-            drift=self.drift.states(), threshold=self.drift.threshold, counts=self.queue.counts(),
+            drift=self.drift.states(), threshold=self.drift.threshold, counts=self.stores.jobs.counts(),
             metrics_port=self.metrics_port,
         )
         try:
@@ -224,6 +229,7 @@ class App:
         self._stop.set()
         self._wake_worker.set()
         self._wake_outbox.set()
+        self.completion.changed.set()
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._signal)
@@ -240,10 +246,10 @@ class App:
         for problem in self.ingest.recover_orphans():
             self.audit("spool.unreadable", detail=problem)
             self.log.error("spool_unreadable", detail=problem)
-        resumed = self.queue.recover()
-        self.queue.ready_after_silence(self.cfg.grouping.series_timeout_s)
+        resumed = self.stores.jobs.recover()
         self.scp.start()
-        for name, target in (("inference-worker", self._worker_loop), ("outbox", self._outbox_loop)):
+        for name, target in (("inference-worker", self._worker_loop), ("outbox", self._outbox_loop),
+                             ("grouping", self._grouping_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -269,7 +275,6 @@ class App:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            self.queue.ready_after_silence(self.cfg.grouping.series_timeout_s)
             now = time.monotonic()
             if now - last_watchdog >= interval and self._healthy():
                 self.notifier.watchdog()
@@ -291,7 +296,7 @@ class App:
         """One bounded step of spool retention (storage.retention_days); True when there is more to do.
         A failure is logged and tried again at the next interval."""
         try:
-            done = retention.purge(self.queue, self.cfg.storage.retention_days, self.audit, log=self.log)
+            done = retention.purge(self.stores.index, self.cfg.storage.retention_days, self.audit, log=self.log)
         except Exception:
             self.log.exception("spool_purge_failed")
             return False
@@ -303,7 +308,7 @@ class App:
         return self.scp.healthy() and all(t.is_alive() for t in self._threads)
 
     def _status_line(self) -> str:
-        counts = self.queue.counts()
+        counts = self.stores.jobs.counts()
         return (f"queue received={counts['received']} ready={counts['ready']} inferring={counts['inferring']}"
                 f" reported={counts['reported']} failed={counts['failed']}")
 
@@ -322,7 +327,7 @@ class App:
         self.metrics.close()
         self._write_status()
         self.audit("node.stop", pid=_pid())
-        self.queue.close()
+        self.stores.close()
         self.audit_log.close()
         return 0
 
@@ -337,13 +342,26 @@ class App:
     # ---- loops ---------------------------------------------------------------------------------
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
-            job = self.queue.claim_ready()
+            job = self.stores.jobs.claim_ready()
             if job is None:
                 self._wake_worker.wait(1.0)
                 self._wake_worker.clear()
                 continue
             pipeline = self.pipeline  # a reload swaps it; this job finishes on the one it started with
             pipeline.process(job)
+
+    def _grouping_loop(self) -> None:
+        """Completes series as grouping's rules make them whole (grouping/completion.py); wakes early when
+        a carrier ends, so a release or a quiet window is acted on within milliseconds."""
+        while not self._stop.is_set():
+            try:
+                _, soonest = self.completion.run_due()
+            except Exception:  # a database hiccup: try again shortly, never stop grouping
+                self.log.exception("grouping_error")
+                soonest = None
+            wait = 1.0 if soonest is None else max(0.005, min(1.0, soonest - time.time()))
+            self.completion.changed.wait(wait)
+            self.completion.changed.clear()
 
     def _outbox_loop(self) -> None:
         while not self._stop.is_set():
@@ -354,7 +372,7 @@ class App:
                 attempted = 0
             if attempted:
                 continue
-            next_at = self.queue.next_delivery_at()
+            next_at = self.stores.deliveries.next_at()
             wait = 1.0 if next_at is None else max(0.0, min(1.0, next_at - time.time()))
             self._wake_outbox.wait(wait)
             self._wake_outbox.clear()

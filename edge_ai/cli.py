@@ -180,31 +180,31 @@ def _build_engine(path: Path, config_path: Path | None) -> int:
 
 def _status(path: Path | None) -> int:
     from edge_ai.service import status as node_status
-    from edge_ai.spool.queue import Queue
+    from edge_ai.service.stores import FILENAME, open_stores
 
     cfg = _load(path)
-    db = cfg.storage.root / "spool" / "queue.sqlite3"
+    db = cfg.storage.root / FILENAME
     if not db.exists():
         print(f"no spool at {db} yet (the node has not run with this config)")
         return EXIT_OK
-    queue = Queue(db)
+    stores = open_stores(cfg.storage.root)
     try:
-        counts = queue.counts()
+        counts = stores.jobs.counts()
         print("jobs by state: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         print("last results:")
-        for r in queue.recent_reports():
+        for r in stores.jobs.recent_reports():
             when = datetime.fromtimestamp(float(r["created_at"]), UTC).isoformat(timespec="seconds")  # type: ignore[arg-type]
             verdict = "POSITIVE" if r["positive"] else "negative"
             print(f"  {when} series {r['series_uid']} {r['model_name']} {r['model_version']} ({r['runtime']}): "
                   f"{verdict} p={float(r['probability']):.3f}")  # type: ignore[arg-type]
-        dead = queue.dead_letters()
+        dead = stores.deliveries.dead_letters()
         print(f"dead letters: {len(dead)}")
         for d in dead:
             print(f"  {d['destination']}: SR {d['sop_instance_uid']} after {d['attempts']} attempts: {d['reason']}")
-        for f in queue.failed_jobs():
+        for f in stores.jobs.failed_jobs():
             print(f"failed job {f['id']} series {f['series_uid']}: {f['reason']}")
     finally:
-        queue.close()
+        stores.close()
     # runtime and drift per model: only the running node knows them; it leaves a snapshot every few seconds
     snapshot = node_status.read(cfg.storage.root / node_status.FILENAME)
     if snapshot is None:

@@ -65,6 +65,9 @@ class TLS(_Section):
 class AllowedCaller(_Section):
     ae_title: AETitle
     hosts: list[str] = Field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+    # how this caller delivers: "series" (whole series per association: complete at release) or
+    # "instances" (one or a few per association: complete after grouping.quiet_window_s); unset = instances
+    sends: Literal["series", "instances"] | None = None
 
     _ae = field_validator("ae_title")(_check_ae)
 
@@ -102,7 +105,17 @@ class Storage(_Section):
 
 
 class Grouping(_Section):
+    # a series still on an open association, or whose association was aborted, completes after this much silence
     series_timeout_s: float = Field(10, gt=0, le=86400)
+    # after the release of a series' last association, this much quiet (no new instance, no new association
+    # for it) completes it, unless its caller declared sends: series (then: at release)
+    quiet_window_s: float = Field(2.0, ge=0, le=600)
+
+    @model_validator(mode="after")
+    def _window_inside_timeout(self) -> Grouping:
+        if self.quiet_window_s > self.series_timeout_s:
+            raise ValueError("quiet_window_s must not be longer than series_timeout_s")
+        return self
 
 
 class ModelRef(_Section):

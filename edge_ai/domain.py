@@ -18,6 +18,19 @@ class JobState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Job:
+    """One generation of one series' work, as a worker claims it."""
+
+    id: int
+    series_id: int
+    series_uid: str
+    study_uid: str
+    modality: str
+    generation: int
+    state: JobState
+
+
+@dataclass(frozen=True)
 class InstanceRef:
     """One stored instance in the spool (never carries pixel data)."""
 

@@ -7,7 +7,6 @@ Every rejection goes to the audit log with its reason; errors become statuses he
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from edge_ai.dicom.pdu import Command
 from edge_ai.dicom.tls import server_context
 from edge_ai.dicom.transport import Association, NodeServer, Policy, callers_from_config
 from edge_ai.errors import Refusal, RejectedInstance
+from edge_ai.grouping.completion import Completion
 from edge_ai.spool.ingest import Ingest, Receiving, Stored
 
 Audit = Callable[..., None]
@@ -41,15 +41,16 @@ class StorageSCP:
         ingest: Ingest,
         audit: Audit,
         log: Any,
+        completion: Completion | None = None,
         on_stored: Callable[[Stored], None] = lambda s: None,
-        on_release: Callable[[], None] = lambda: None,
     ) -> None:
         self.node = node
         self.ingest = ingest
         self.audit = audit
         self.log = log
         self.on_stored = on_stored
-        self.on_release = on_release
+        self.completion = completion
+        self._policy: Policy | None = None
         self.server: NodeServer | None = None
         self._stopped: NodeServer | None = None  # kept after stop() for connections still closing
         # built now so a bad certificate, key or CA file fails at start with the key named
@@ -75,6 +76,7 @@ class StorageSCP:
             dimse_timeout=timeouts.dimse,
             acse_timeout=timeouts.acse,
         )
+        self._policy = policy
         server = NodeServer(self.node.host, self.node.port, policy, self, self.node.ae_title)
         server.start()
         self.server = server
@@ -168,6 +170,9 @@ class StorageSCP:
         )
 
     def accepted(self, assoc: Association) -> None:
+        if self.completion is not None:
+            caller = self._policy.caller(assoc.calling_ae, assoc.peer_host) if self._policy else None
+            self.completion.opened(assoc.id, caller.sends if caller else None)
         refused = sorted(set(assoc.rejected_contexts))
         self._record("association.accepted", association=assoc.id, rejected_contexts=refused or None,
                    **assoc.fields())
@@ -180,16 +185,17 @@ class StorageSCP:
             self._transport_alert("security.alert", alert="node_authentication", reason=reason, **fields)
 
     def released(self, assoc: Association) -> None:
-        try:
-            completed = self.ingest.queue.association_released(assoc.id)
-        except sqlite3.Error:  # its series then complete after grouping.series_timeout_s of silence
-            self.log.exception("release_not_recorded", association=assoc.id)
-            completed = None
-        self._record("association.released", association=assoc.id, series_completed=completed)
-        self.on_release()
+        series = self.completion.closed(assoc.id, released=True) if self.completion is not None else 0
+        self._record("association.released", association=assoc.id, series=series or None)
 
     def aborted(self, assoc: Association, reason: str) -> None:
         self._record("association.aborted", association=assoc.id, reason=reason, **assoc.fields())
+
+    def ended(self, assoc: Association) -> None:
+        """However the association ended: a carrier not released (aborted, dropped, an internal error)
+        leaves its series to grouping.series_timeout_s (a no-op after a release)."""
+        if self.completion is not None:
+            self.completion.closed(assoc.id, released=False)
 
 
 def _printable(uid: str) -> str:

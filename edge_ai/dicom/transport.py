@@ -21,6 +21,7 @@ import contextlib
 import errno
 import ipaddress
 import itertools
+import secrets
 import select
 import socket
 import ssl
@@ -58,6 +59,7 @@ Alert = Callable[..., None]  # (event, **fields) -> None: the audit, for transpo
 class Caller:
     ae_title: str
     networks: tuple[Network, ...]
+    sends: str | None = None  # allowed_callers[].sends: how it delivers series (grouping)
 
 
 @dataclass
@@ -96,19 +98,30 @@ class Policy:
         """None when allowed, else why not (for the audit)."""
         if not self.callers:
             return None
-        titled = [c for c in self.callers if c.ae_title == ae_title.strip()]
-        if not titled:
+        if not any(c.ae_title == ae_title.strip() for c in self.callers):
             return f"calling AE title {ae_title.strip()!r} is not in node.allowed_callers"
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return f"peer address {host!r} is not an IP address"
+        if self.caller(ae_title, host) is None:
+            return f"calling AE title {ae_title.strip()!r} is not allowed from {host}"
+        return None
+
+    def caller(self, ae_title: str, host: str) -> Caller | None:
+        """The first allowed_callers entry matching this AE title and address."""
         try:
             addr = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
-            return f"peer address {host!r} is not an IP address"
+            return None
         mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
-        for caller in titled:
+        for caller in self.callers:
+            if caller.ae_title != ae_title.strip():
+                continue
             for net in caller.networks:
                 if addr in net or (mapped is not None and mapped in net):
-                    return None
-        return f"calling AE title {ae_title.strip()!r} is not allowed from {host}"
+                    return caller
+        return None
 
     def try_pending(self) -> bool:
         with self._lock:
@@ -124,7 +137,7 @@ class Policy:
 
 def callers_from_config(allowed: list[Any]) -> list[Caller]:
     return [
-        Caller(c.ae_title, tuple(ipaddress.ip_network(h, strict=False) for h in c.hosts)) for c in allowed
+        Caller(c.ae_title, tuple(ipaddress.ip_network(h, strict=False) for h in c.hosts), c.sends) for c in allowed
     ]
 
 
@@ -207,6 +220,9 @@ class Service(Protocol):
 
     def aborted(self, assoc: Association, reason: str) -> None:
         """The association ended without release (A-ABORT either way, or the connection closed)."""
+
+    def ended(self, assoc: Association) -> None:
+        """The connection of an established association is over, however it ended (always called last)."""
 
 
 class _Closed(Exception):
@@ -356,6 +372,8 @@ class Connection:
             if self._admitted:
                 self.policy.leave()
             close_quietly(self.sock)
+            if self._established:
+                self.service.ended(self.assoc)
 
     def _serve(self) -> None:
         _, body = self._read_pdu(self._artim - time.monotonic(), "node.timeouts.acse", first=True)
@@ -515,6 +533,8 @@ class NodeServer:
         self.socket = socket.create_server((host, port), family=family, backlog=128, dualstack_ipv6=dualstack)
         self.server_address = self.socket.getsockname()
         self._ids = itertools.count(1)
+        # association ids are unique across restarts too: audit lines of two runs never share one
+        self._run = secrets.token_hex(4)
         self._live: dict[int, Any] = {}
         # connection threads at most: pending + established + refusals still answering
         self._max_threads = 2 * policy.max_connections + policy.max_associations
@@ -615,7 +635,7 @@ class NodeServer:
             return
         with self._lock:
             self._live[ident] = prepared
-        assoc = Association(id=f"a{ident}", peer_host=str(address[0]), peer_port=int(address[1]),
+        assoc = Association(id=f"{self._run}-a{ident}", peer_host=str(address[0]), peer_port=int(address[1]),
                             tls_identity=peer_identity(prepared))
         Connection(prepared, assoc, policy, self.service, self.ae_title).serve()
 

@@ -13,7 +13,7 @@ import pydicom
 from edge_ai.config import DicomDestination, FolderDestination, RetryPolicy
 from edge_ai.dicom import scu
 from edge_ai.errors import PermanentError, TransientError
-from edge_ai.spool.queue import Delivery, Queue
+from edge_ai.outbox.deliveries import Deliveries, Delivery
 from edge_ai.spool.store import write_durably
 
 Destination = FolderDestination | DicomDestination
@@ -48,14 +48,14 @@ def deliver_to_folder(dest: FolderDestination, source: Path) -> None:
 class Outbox:
     def __init__(
         self,
-        queue: Queue,
+        deliveries: Deliveries,
         destinations: list[Destination],
         calling_ae: str,
         audit: Callable[..., None],
         log: Any,
         on_delivered: Callable[[Delivery, float], None] = lambda d, t: None,
     ) -> None:
-        self.queue = queue
+        self.deliveries = deliveries
         self.destinations = {d.name: d for d in destinations}
         self.calling_ae = calling_ae
         self.audit = audit
@@ -64,7 +64,7 @@ class Outbox:
 
     def run_due(self) -> int:
         """Attempt every delivery that is due; returns how many were attempted."""
-        due = self.queue.due_deliveries()
+        due = self.deliveries.due()
         for delivery in due:
             self.attempt(delivery)
         return len(due)
@@ -92,7 +92,7 @@ class Outbox:
             self.log.exception("delivery_error", destination=dest.name)
             self._retry(delivery, attempt_no, dest.retry, f"internal error: {type(exc).__name__}: {exc}")
             return
-        self.queue.delivery_done(delivery)
+        self.deliveries.done(delivery)
         self.audit(
             "delivery.attempt", destination=dest.name, sr_sop_instance_uid=delivery.sop_instance_uid,
             attempt=attempt_no, outcome="delivered", status=code,
@@ -105,7 +105,7 @@ class Outbox:
             self._dead(delivery, attempt_no, f"gave up after {attempt_no} attempts: {reason}")
             return
         wait = backoff(policy, attempt_no)
-        self.queue.delivery_retry(delivery, reason, time.time() + wait)
+        self.deliveries.retry(delivery, reason, time.time() + wait)
         self.audit(
             "delivery.attempt", destination=delivery.destination, sr_sop_instance_uid=delivery.sop_instance_uid,
             attempt=attempt_no, outcome="retry", reason=reason, retry_in_s=round(wait, 2),
@@ -113,7 +113,7 @@ class Outbox:
         self.log.warning("delivery_retry", destination=delivery.destination, reason=reason, retry_in_s=round(wait, 2))
 
     def _dead(self, delivery: Delivery, attempt_no: int, reason: str) -> None:
-        self.queue.delivery_dead(delivery, reason)
+        self.deliveries.dead(delivery, reason)
         self.audit(
             "delivery.attempt", destination=delivery.destination, sr_sop_instance_uid=delivery.sop_instance_uid,
             attempt=attempt_no, outcome="dead_letter", reason=reason,

@@ -20,8 +20,9 @@ from pydicom.uid import UID
 
 from edge_ai.config import Route
 from edge_ai.dicom.contexts import NOT_INFERRED
-from edge_ai.domain import InferenceResult, InstanceRef
+from edge_ai.domain import InferenceResult, InstanceRef, Job
 from edge_ai.errors import EdgeAIError, ImagingError, ModelError
+from edge_ai.grouping.jobs import ReportRow
 from edge_ai.grouping.routing import RouteDecision, route
 from edge_ai.imaging import pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
@@ -29,7 +30,7 @@ from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.inference.package import Preprocessing
 from edge_ai.inference.threads import limit_blas_threads
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
-from edge_ai.spool.queue import Job, Queue, ReportRow
+from edge_ai.service.stores import Stores
 from edge_ai.spool.store import Spool
 
 Audit = Callable[..., None]
@@ -52,7 +53,7 @@ class Served:
 class Pipeline:
     def __init__(
         self,
-        queue: Queue,
+        stores: Stores,
         spool: Spool,
         models: dict[str, Served],
         routes: list[Route],
@@ -64,7 +65,7 @@ class Pipeline:
         on_tensor: Callable[[str, np.ndarray], None] = lambda model, tensor: None,
         on_error: Callable[[str, str], None] = lambda stage, kind: None,
     ) -> None:
-        self.queue = queue
+        self.stores = stores
         self.spool = spool
         self.models = models
         self.routes = routes
@@ -92,14 +93,14 @@ class Pipeline:
 
     def _fail(self, job: Job, reason: str) -> None:
         self.log.warning("job_failed", job=job.id, reason=reason)
-        self.queue.fail_job(job.id, reason)
+        self.stores.jobs.fail(job.id, reason)
 
     def _process(self, job: Job) -> None:
-        if job.generation > 1 and self.queue.series_was_purged(job.series_id):
+        if job.generation > 1 and self.stores.index.series_was_purged(job.series_id):
             # a result on the few instances still kept would supersede the whole series' result in PACS
             raise ImagingError("earlier instances of this series were deleted by storage.retention_days, "
                                "so it cannot be re-analysed as a whole; the earlier result stands")
-        refs = self.queue.series_instances(job.series_id)
+        refs = self.stores.index.series_instances(job.series_id)
         if not refs:
             raise ImagingError("series has no stored instances")
         headers, offsets = _read_headers(refs)
@@ -107,13 +108,13 @@ class Pipeline:
         if not decisions:
             self.audit("series.not_routed", job=job.id, series_uid=job.series_uid, modality=job.modality,
                        sop_class_uid=str(headers[0].get("SOPClassUID", "")))
-            self.queue.add_reports(job.id, [], [])
+            self.stores.deliveries.report(job.id, [], [])
             return
         rows, dests = [], []
         for decision in decisions:
             rows.append(self._run_model(job, decision, refs, headers, offsets))
             dests.append(list(decision.destinations))
-        self.queue.add_reports(job.id, rows, dests)
+        self.stores.deliveries.report(job.id, rows, dests)
 
     def _run_model(
         self, job: Job, decision: RouteDecision, refs: list[InstanceRef], headers: list[Dataset],
@@ -138,7 +139,7 @@ class Pipeline:
             runtime=engine.runtime, instances=len(pairs), duration_s=round(duration, 4),
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
-        previous = self.queue.previous_report(job.series_id, pkg.name, job.id)
+        previous = self.stores.jobs.previous_report(job.series_id, pkg.name, job.id)
         predecessor = (
             Predecessor(sop_instance_uid=previous[0], series_instance_uid=previous[1],
                         study_instance_uid=job.study_uid)

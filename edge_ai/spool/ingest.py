@@ -10,17 +10,18 @@ import os
 import re
 import sqlite3
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
 
 from edge_ai.domain import InstanceRef
 from edge_ai.errors import Refusal, RejectedInstance
+from edge_ai.spool.db import Database
 from edge_ai.spool.header import fast_header, meta_transfer_syntax
-from edge_ai.spool.queue import Queue, StoreOutcome
+from edge_ai.spool.index import InstanceIndex
 from edge_ai.spool.store import Spool, write_all
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -30,19 +31,66 @@ DEFAULT_MAX_INSTANCE_BYTES = 256 * 1024**2
 
 
 @dataclass(frozen=True)
+class StoreOutcome:
+    duplicate: bool  # same SOP Instance UID and bytes already stored
+    conflict: bool  # same SOP Instance UID, different content: kept as a new version
+    job_id: int  # the series' open job (0: a duplicate of a series already reported)
+    reopened: bool  # the series already had a result; this opened a new generation
+
+
+@dataclass(frozen=True)
 class Stored:
     ref: InstanceRef
     modality: str
     outcome: StoreOutcome
 
 
+class _Attached(Protocol):
+    @property
+    def job_id(self) -> int: ...
+    @property
+    def reopened(self) -> bool: ...
+
+
+class Jobs(Protocol):
+    """The job store as ingest sees it (edge_ai.grouping.jobs.JobStore)."""
+
+    def attach(self, tx: sqlite3.Connection, series_id: int, series_uid: str) -> _Attached:
+        """A new instance of the series joins its open job or opens the next generation."""
+
+    def open_job(self, series_id: int) -> int | None:
+        """The series' job still receiving or ready, if any."""
+
+
+Carried = Callable[[str, int], None]  # (carrier id, job id): grouping's note that a series is arriving
+
+
 class Ingest:
-    def __init__(self, spool: Spool, queue: Queue, min_free_bytes: int,
-                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES) -> None:
+    def __init__(self, spool: Spool, db: Database, index: InstanceIndex, jobs: Jobs, min_free_bytes: int,
+                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
+                 carried: Carried = lambda carrier, job: None) -> None:
         self.spool = spool
-        self.queue = queue
+        self.db = db
+        self.index = index
+        self.jobs = jobs
+        self.carried = carried
         self.min_free_bytes = min_free_bytes
         self.max_instance_bytes = max_instance_bytes
+
+    def add(self, ref: InstanceRef, modality: str, carrier: str) -> StoreOutcome:
+        """Index a durable file and attach it to its series' job, in one transaction; grouping hears
+        which carrier brought it before the commit, so it can never judge the series whole in between.
+
+        Raises:
+            sqlite3.Error: the index could not be written.
+        """
+        with self.db.tx() as tx:
+            indexed = self.index.add(tx, ref, modality)
+            if indexed.duplicate:
+                return StoreOutcome(True, False, self.jobs.open_job(indexed.series_id) or 0, False)
+            attached = self.jobs.attach(tx, indexed.series_id, ref.series_instance_uid)
+            self.carried(carrier, attached.job_id)
+        return StoreOutcome(False, indexed.conflict, attached.job_id, attached.reopened)
 
     def store(self, part10: bytes, dataset_bytes: bytes, context_sop_class: str, assoc: str) -> Stored:
         """Store one instance held in memory (the streaming path is `receive`).
@@ -75,7 +123,7 @@ class Ingest:
         opens. A file whose content does not match its hashed name (damaged since it was stored)
         is moved to the spool's quarantine folder and reported, never indexed.
         """
-        known = self.queue.instance_paths()
+        known = self.index.instance_paths()
         problems = []
         for path in self.spool.instance_files():
             if str(path) in known:
@@ -94,13 +142,13 @@ class Ingest:
                     moved = f"left in place ({move.strerror})"
                 problems.append(f"{path.name}: {exc}; {moved}")
                 continue
-            if self.queue.is_purged(uids["SOPInstanceUID"], digest):
+            if self.index.is_purged(uids["SOPInstanceUID"], digest):
                 with contextlib.suppress(OSError):  # retention's delete that a crash undid
                     path.unlink()
                 continue
             ref = InstanceRef(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["SeriesInstanceUID"],
                               uids["StudyInstanceUID"], str(path), digest, len(part10))
-            self.queue.add_instance(ref, uids["Modality"][:16], "recovered")
+            self.add(ref, uids["Modality"][:16], "recovered")
         return problems
 
 
@@ -202,7 +250,7 @@ class Receiving:
             size=self._size,
         )
         modality = uids["Modality"][:16]
-        if ingest.queue.has_instance(ref.sop_instance_uid, digest):
+        if ingest.index.has_instance(ref.sop_instance_uid, digest):
             self.discard()
         else:
             try:
@@ -214,7 +262,7 @@ class Receiving:
                 reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
                 raise RejectedInstance(Refusal.OUT_OF_RESOURCES, reason) from exc
         try:
-            outcome = ingest.queue.add_instance(ref, modality, self.assoc)
+            outcome = ingest.add(ref, modality, self.assoc)
         except sqlite3.Error as exc:
             raise RejectedInstance(Refusal.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
         return Stored(ref, modality, outcome)
