@@ -16,6 +16,7 @@ from edge_ai.dicom.contexts import STORAGE_CLASSES, TRANSFER_SYNTAXES, VERIFICAT
 from edge_ai.dicom.pdu import Command
 from edge_ai.dicom.tls import server_context
 from edge_ai.dicom.transport import Association, NodeServer, Policy, callers_from_config
+from edge_ai.domain import uid_problem
 from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.grouping.completion import Completion
 from edge_ai.spool.ingest import Ingest, Receiving, Stored
@@ -24,7 +25,6 @@ Audit = Callable[..., None]
 
 # A-ASSOCIATE-RJ (result, source, diagnostic) that are a security alert (PS3.15 A.5.3.11)
 _ALERTS = {(0x01, 0x01, 0x03), (0x01, 0x01, 0x07)}
-_UID_CHARS = frozenset("0123456789.")
 # the one place a refusal becomes a DIMSE status
 DIMSE_STATUS = {
     Refusal.OUT_OF_RESOURCES: status.OUT_OF_RESOURCES,
@@ -55,8 +55,7 @@ class StorageSCP:
         self._stopped: NodeServer | None = None  # kept after stop() for connections still closing
         # built now so a bad certificate, key or CA file fails at start with the key named
         self.ssl_context = server_context(node.tls) if node.tls.enabled else None
-        self._supported = {VERIFICATION: list(TRANSFER_SYNTAXES)} | {uid: list(TRANSFER_SYNTAXES)
-                                                                     for uid in STORAGE_CLASSES}
+        self._supported = {VERIFICATION: TRANSFER_SYNTAXES} | dict.fromkeys(STORAGE_CLASSES, TRANSFER_SYNTAXES)
         if not self.node.allowed_callers:
             self.log.warning("allowed_callers_empty", detail="any calling AE title is accepted")
 
@@ -218,9 +217,8 @@ class _Store:
         elif affected != abstract_syntax:
             self.refusal = RejectedInstance(Refusal.DATASET_MISMATCH, f"affected SOP class {affected} differs "
                                             f"from the presentation context {abstract_syntax}")
-        elif not _valid_uid(command.sop_instance_uid):
-            self.refusal = RejectedInstance(Refusal.CANNOT_UNDERSTAND,
-                                            "Affected SOP Instance UID missing or not a valid UID")
+        elif (problem := uid_problem(command.sop_instance_uid)) is not None:
+            self.refusal = RejectedInstance(Refusal.CANNOT_UNDERSTAND, f"Affected SOP Instance UID {problem}")
         else:
             prefix = pdu.file_meta(affected, command.sop_instance_uid, transfer_syntax, assoc.calling_ae)
             self.receiving = scp.ingest.receive(prefix, abstract_syntax, assoc.id, command.sop_instance_uid)
@@ -254,7 +252,3 @@ class _Store:
     def discard(self) -> None:
         if self.receiving is not None:
             self.receiving.discard()
-
-
-def _valid_uid(uid: str) -> bool:
-    return 0 < len(uid) <= 64 and set(uid) <= _UID_CHARS and ".." not in uid and uid[0] != "." and uid[-1] != "."

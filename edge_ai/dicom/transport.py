@@ -36,9 +36,10 @@ from edge_ai.dicom import pdu, status
 from edge_ai.dicom.pdu import Command, PDUError
 from edge_ai.dicom.tls import peer_identity
 
-# Non-P-DATA PDUs never need more than this: an A-ASSOCIATE-RQ proposing 128 presentation contexts with
-# several transfer syntaxes each (the most DICOM allows) is under 64 KiB.
-CONTROL_PDU_LIMIT = 128 * 1024
+# Non-P-DATA PDUs never need more than this: an A-ASSOCIATE-RQ proposing 128 presentation contexts (the
+# most PS3.8 allows) with a dozen transfer syntaxes each, plus a user identity token (a Kerberos or SAML
+# assertion can be tens of kilobytes), stays well under 1 MiB.
+CONTROL_PDU_LIMIT = 1024 * 1024
 _RJ_LOCAL_LIMIT = pdu.encode_associate_rj(0x02, 0x03, 0x02)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -189,8 +190,9 @@ class Sink(Protocol):
     def write(self, fragment: memoryview) -> None:
         """The next fragment of the data set, in order."""
 
-    def finish(self) -> tuple[int, str]:
-        """All fragments are in: (DIMSE status, error comment). Success only once it is durable."""
+    def finish(self) -> tuple[int, str] | None:
+        """All fragments are in: (DIMSE status, error comment), or None when no response is owed.
+        Success only once it is durable."""
 
     def discard(self) -> None:
         """The association ended mid-data set: leave nothing behind."""
@@ -232,6 +234,20 @@ class _Closed(Exception):
     def __init__(self, reason: str, reported: bool = False) -> None:
         super().__init__(reason)
         self.reported = reported
+
+
+class _Swallow:
+    """Sink for a data set a C-ECHO request wrongly announced: it was answered already (PS3.7 9.3.5 says a
+    C-ECHO has none), so whatever follows is read and dropped, with no second response."""
+
+    def write(self, fragment: memoryview) -> None:
+        return None
+
+    def finish(self) -> tuple[int, str] | None:
+        return None
+
+    def discard(self) -> None:
+        return None
 
 
 class _Drain:
@@ -413,7 +429,8 @@ class Connection:
         results: dict[int, tuple[int, str]] = {}
         for ident, (abstract, transfers) in rq.contexts.items():
             offered = supported.get(abstract)
-            chosen = next((ts for ts in transfers if offered and ts in offered), None)
+            # the node's preference (uncompressed, lossless, lossy), not the order the caller proposed
+            chosen = next((ts for ts in offered if ts in transfers), None) if offered else None
             if offered is None:
                 results[ident] = (pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED, transfers[0] if transfers else "")
                 a.rejected_contexts.append(abstract)
@@ -462,6 +479,8 @@ class Connection:
                     if ident not in self.assoc.contexts or (request is not None and ident != context_id):
                         self._protocol_error(f"PDV on presentation context {ident}, not the message's")
                     if control & 0x01:  # command fragment
+                        if isinstance(sink, _Swallow):  # the C-ECHO's announced data set never came
+                            request, sink = None, None
                         if request is not None:
                             self._protocol_error("command fragment while a data set is expected")
                         if command and ident != context_id:
@@ -485,8 +504,9 @@ class Connection:
                         sink.write(fragment)
                         if control & 0x02:
                             done, sink = sink, None
-                            code, comment = done.finish()
-                            self._respond(request, context_id, code, comment)
+                            answer = done.finish()
+                            if answer is not None:
+                                self._respond(request, context_id, *answer)
                             request = None
         finally:
             if sink is not None:
@@ -495,9 +515,9 @@ class Connection:
     def _begin(self, cmd: Command, context_id: int) -> tuple[Command | None, Sink | None]:
         """Act on a complete command set: answer now, or return the sink its data set goes to."""
         abstract, transfer = self.assoc.contexts[context_id]
-        if cmd.command_field == pdu.C_ECHO_RQ and not cmd.has_data_set:
+        if cmd.command_field == pdu.C_ECHO_RQ:  # answered at once, whatever its Command Data Set Type says
             self._respond(cmd, context_id, self.service.echo(self.assoc))
-            return None, None
+            return (cmd, _Swallow()) if cmd.has_data_set else (None, None)
         if cmd.command_field == pdu.C_CANCEL_RQ:
             return None, None
         if cmd.command_field == pdu.C_STORE_RQ:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import pydicom
 
 from edge_ai.config import DicomDestination, FolderDestination, RetryPolicy
 from edge_ai.dicom import scu
+from edge_ai.domain import strict_uid
 from edge_ai.errors import PermanentError, TransientError
 from edge_ai.outbox.deliveries import Deliveries, Delivery
 from edge_ai.spool.store import write_durably
@@ -29,12 +31,16 @@ def backoff(policy: RetryPolicy, attempt: int, rng: random.Random | None = None)
 def deliver_to_folder(dest: FolderDestination, source: Path) -> None:
     """Copy durably to <path>/<Study UID>/<SR SOP Instance UID>.dcm.
 
-    Naming by UID is safe here: these are the SR's own UIDs, derived by edge_ai (digits and dots
-    only), never a peer's. Being deterministic, a resend overwrites the same file.
+    The SR's SOP Instance UID is edge_ai's own (digits and dots). The Study Instance UID is the
+    sender's: it names the folder only when it is a UID as PS3.5 writes them, else its hash does (a
+    peer's lenient UID never becomes part of a path). Being deterministic, a resend overwrites the
+    same file.
     """
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "StudyInstanceUID"])
-        target = dest.path / str(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+        study = str(ds.StudyInstanceUID)
+        folder = study if strict_uid(study) else hashlib.sha256(study.encode()).hexdigest()[:40]
+        target = dest.path / folder / f"{ds.SOPInstanceUID}.dcm"
         tmp = dest.path / ".tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         with source.open("rb") as f:

@@ -19,7 +19,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from edge_ai.config import Route
-from edge_ai.dicom.contexts import NOT_INFERRED
+from edge_ai.dicom.contexts import ANALYSED
 from edge_ai.domain import InferenceResult, InstanceRef, Job
 from edge_ai.errors import EdgeAIError, ImagingError, ModelError
 from edge_ai.grouping.jobs import ReportRow
@@ -96,11 +96,17 @@ class Pipeline:
         self.stores.jobs.fail(job.id, reason)
 
     def _process(self, job: Job) -> None:
+        stored = self.stores.index.series_instances(job.series_id)
+        refs = [r for r in stored if r.sop_class_uid in ANALYSED]
+        if stored and not refs:  # MR, RT, dose reports, presentation states...: kept, audited, not analysed
+            self.audit("series.not_analysed", job=job.id, series_uid=job.series_uid, modality=job.modality,
+                       sop_class_uid=stored[0].sop_class_uid)
+            self.stores.deliveries.report(job.id, [], [])
+            return
         if job.generation > 1 and self.stores.index.series_was_purged(job.series_id):
             # a result on the few instances still kept would supersede the whole series' result in PACS
             raise ImagingError("earlier instances of this series were deleted by storage.retention_days, "
                                "so it cannot be re-analysed as a whole; the earlier result stands")
-        refs = self.stores.index.series_instances(job.series_id)
         if not refs:
             raise ImagingError("series has no stored instances")
         headers, offsets = _read_headers(refs)
@@ -128,7 +134,7 @@ class Pipeline:
         started = time.monotonic()
         pairs = [
             _Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
-            if str(h.SOPClassUID) not in NOT_INFERRED
+            if str(h.SOPClassUID) in ANALYSED
         ]
         pairs.sort(key=lambda p: _slice_order(p.header))
         result = self._infer(engine, pairs)

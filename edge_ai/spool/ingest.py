@@ -7,7 +7,6 @@ import errno
 import hashlib
 import io
 import os
-import re
 import sqlite3
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -17,14 +16,13 @@ from typing import Any, Protocol
 
 import pydicom
 
-from edge_ai.domain import InstanceRef
+from edge_ai.domain import InstanceRef, uid_problem
 from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.spool.db import Database
-from edge_ai.spool.header import fast_header, meta_transfer_syntax
+from edge_ai.spool.header import cut_short, fast_header, meta_transfer_syntax
 from edge_ai.spool.index import InstanceIndex
 from edge_ai.spool.store import Spool, write_all
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
 _GEOMETRY_TAGS = ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"]
 DEFAULT_MAX_INSTANCE_BYTES = 256 * 1024**2
@@ -290,12 +288,13 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
     probe = _probe(part10)
     _check_inflated_size(part10, probe, max_instance_bytes)
     header = parse_header(part10, probe)
+    _check_whole(part10, probe)
     # a value of the wrong type (a sequence where a UID belongs) counts as missing; never str() it
     uids = {k: v if isinstance(v := header.get(k, ""), str) else "" for k in _HEADER_TAGS}
     for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = uids[key]
-        if not value or len(value) > 64 or not _UID_RE.match(value):
-            raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, f"{key} missing or not a valid UID")
+        problem = uid_problem(uids[key])
+        if problem is not None:
+            raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, f"{key} {problem}")
     if uids["SOPClassUID"] != context_sop_class:
         raise RejectedInstance(
             Refusal.DATASET_MISMATCH,
@@ -310,6 +309,26 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
             f"({max_instance_bytes})",
         )
     return uids
+
+
+def _check_whole(part10: bytes | Path, probe: bytes) -> None:
+    """Refuse a data set whose last element declares more bytes than follow (a transfer cut short):
+    acknowledging it would tell the modality it is archived when it cannot be read.
+
+    Raises:
+        RejectedInstance: 0xC000, naming the element.
+    """
+    ts = meta_transfer_syntax(probe)
+    if ts is None or len(probe) < 144:
+        return
+    start = 144 + int.from_bytes(probe[140:144], "little")
+    if isinstance(part10, Path):
+        with part10.open("rb") as f:
+            why = cut_short(f, start, part10.stat().st_size, ts)
+    else:
+        why = cut_short(part10, start, len(part10), ts)
+    if why is not None:
+        raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, why)
 
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
