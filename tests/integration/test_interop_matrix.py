@@ -307,3 +307,40 @@ def test_data_set_cut_short_is_refused_naming_the_element(node: NodeProcess, tmp
     # and the same instance, whole, is then stored
     status, comment = harness.raw_store(node.port, CT, ExplicitVRLittleEndian, str(ds.SOPInstanceUID), data)
     assert status == 0, comment
+
+
+# ---- every storage SOP class ---------------------------------------------------------------------------
+
+
+def _storage_classes() -> list[str]:
+    """Every storage SOP class in pydicom's UID registry that is not retired (DICOMDIR and the storage
+    commitment and management services are not storage classes)."""
+    from pydicom._uid_dict import UID_dictionary
+
+    return sorted(uid for uid, (name, kind, _, retired, _) in UID_dictionary.items()
+                  if kind == "SOP Class" and "Storage" in name and retired != "Retired"
+                  and "Commitment" not in name and "Management" not in name and uid != "1.2.840.10008.1.3.10")
+
+
+def test_every_storage_sop_class_is_accepted(node: NodeProcess) -> None:
+    """A study's other objects (MR, RT, dose reports, presentation states, key objects, ...) are never refused
+    at association: every storage SOP class is accepted in explicit and implicit VR little endian."""
+    from pynetdicom import AE
+
+    classes = _storage_classes()
+    assert len(classes) > 150
+    refused = []
+    for start in range(0, len(classes), 120):  # at most 128 presentation contexts per association (PS3.8)
+        batch = classes[start:start + 120]
+        ae = AE(ae_title="ALLCLASSES")
+        ae.acse_timeout = ae.network_timeout = 15
+        for sop_class in batch:
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="EDGE_AI")
+        accepted = set()
+        if assoc.is_established:  # else none was accepted (pynetdicom aborts) or the node refused
+            accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+            assoc.release()
+        refused += [sop_class for sop_class in batch if sop_class not in accepted]
+    assert not refused, f"{len(refused)} of {len(classes)} refused: " + ", ".join(
+        pydicom.uid.UID(uid).name for uid in refused[:20])
