@@ -23,14 +23,21 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	fi
 
+# dcmjs-dimse (JavaScript), an independent DICOM sender for the interop tests, from its committed lock file
+JS     := tests/interop/js
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 serve: $(BIN)/.installed
 	$(BIN)/edge-ai serve --config config/edge-ai.yaml
 
-test: system-deps $(BIN)/.installed
+test: system-deps $(BIN)/.installed $(JS)/node_modules/.installed
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check edge_ai tests scripts
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var $(JS)/node_modules
