@@ -213,7 +213,7 @@ class _Store:
         affected = command.sop_class_uid
         if affected not in STORAGE_CLASSES:
             self.refusal = RejectedInstance(Refusal.SOP_CLASS_NOT_SUPPORTED, f"SOP class {affected or '(none)'} "
-                                            "is not one this node stores (see docs/conformance.md)")
+                                            "is not a storage SOP class")
         elif affected != abstract_syntax:
             self.refusal = RejectedInstance(Refusal.DATASET_MISMATCH, f"affected SOP class {affected} differs "
                                             f"from the presentation context {abstract_syntax}")

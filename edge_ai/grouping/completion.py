@@ -42,7 +42,7 @@ class Completion:
     def __init__(self, jobs: JobStore, quiet_window_s: float, series_timeout_s: float,
                  clock: Callable[[], float] = time.time) -> None:
         self.jobs = jobs
-        self.quiet_window_s = quiet_window_s
+        self.quiet_window_s = min(quiet_window_s, series_timeout_s)
         self.series_timeout_s = series_timeout_s
         self.clock = clock
         self._lock = threading.Lock()
