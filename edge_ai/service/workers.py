@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
+from pydicom.pixels.utils import pixel_array
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
@@ -23,7 +25,7 @@ from edge_ai.dicom.contexts import NOT_INFERRED
 from edge_ai.domain import InferenceResult, InstanceRef
 from edge_ai.errors import EdgeAIError, ImagingError, ModelError
 from edge_ai.grouping.routing import RouteDecision, route
-from edge_ai.imaging import pixels
+from edge_ai.imaging import frames, pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.inference.package import Preprocessing
@@ -129,13 +131,12 @@ class Pipeline:
             _Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
             if str(h.SOPClassUID) not in NOT_INFERRED
         ]
-        pairs.sort(key=lambda p: _slice_order(p.header))
-        result = self._infer(engine, pairs)
+        result = self._infer(engine, _units(pairs))
         duration = time.monotonic() - started
         self.on_stage("inference", duration)
         self.audit(
             "inference", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
-            runtime=engine.runtime, instances=len(pairs), duration_s=round(duration, 4),
+            runtime=engine.runtime, instances=len(pairs), images=len(result.scores), duration_s=round(duration, 4),
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
         previous = self.queue.previous_report(job.series_id, pkg.name, job.id)
@@ -163,13 +164,15 @@ class Pipeline:
             path=str(path), positive=result.positive, probability=result.probability,
         )
 
-    def _infer(self, engine: Engine, pairs: Sequence[_Source]) -> InferenceResult:
+    def _infer(self, engine: Engine, pairs: Sequence[_Unit]) -> InferenceResult:
+        """Every image (a single-frame instance or one frame of a multi-frame one) through the model,
+        in `_units` order; the aggregate sees frames as it sees slices."""
         pkg = engine.package
         if not pairs:
             raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
         batch_size = max(pkg.batch_sizes)
-        infos = [ImageInfo(p.ref.sop_instance_uid, p.ref.sop_class_uid, int(p.header.Rows), int(p.header.Columns))
-                 for p in pairs]
+        infos = [ImageInfo(p.source.ref.sop_instance_uid, p.source.ref.sop_class_uid, int(p.source.header.Rows),
+                           int(p.source.header.Columns), p.frame.number) for p in pairs]
         probs, boxes = [], []
         started = time.monotonic()
         batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
@@ -181,7 +184,9 @@ class Pipeline:
             for index, batch_sources in enumerate(batches):
                 while len(pending) <= PREFETCH_BATCHES and index + len(pending) < len(batches):
                     ahead = batches[index + len(pending)]
-                    pending.append([pool.submit(_tensor, p, pkg.preprocessing) for p in ahead])
+                    # frame headers are made here, on this thread: imaging threads only read them
+                    pending.append([pool.submit(_tensor, p, frames.frame_header(p.source.header, p.frame),
+                                                pkg.preprocessing) for p in ahead])
                 batch = [f.result() for f in pending.popleft()]
                 for tensor in batch:
                     self.on_tensor(pkg.name, tensor)
@@ -201,53 +206,95 @@ class _Source:
     pixel_offset: int | None
 
 
-def _tensor(source: _Source, spec: Preprocessing) -> np.ndarray:
-    """The model input for one instance; its header is already parsed.
+@dataclass(frozen=True)
+class _Unit:
+    """One model input: a single-frame instance, or one frame of a multi-frame instance, and where the
+    stored bytes of each of that instance's frames lie (None: pydicom reads the file instead)."""
 
-    Uncompressed little-endian pixel data is read straight from the stored file at the offset
-    the header read stopped at: 2.3 ms of pydicom (a second parse, then its decoder) per 512 x 512
-    CT slice -> ~0.1 ms (docs/performance.md). Anything else goes through pydicom.
+    source: _Source
+    frame: frames.Frame
+    layout: frames.PixelLayout | None
+
+
+def _units(sources: Sequence[_Source]) -> list[_Unit]:
+    """Every frame of every source, ordered by position as slices are (z, Instance Number, frame number).
+
+    Each multi-frame file is opened once here to locate its frames (a few bytes per frame are read);
+    a single-frame one is located when its tensor is made, on an imaging thread.
     """
-    ref, header = source.ref, source.header
+    units: list[_Unit] = []
+    for source in sources:
+        listed = _frames_of(source)
+        layout = _layout(source) if len(listed) > 1 or listed[0].number is not None else None
+        units.extend(_Unit(source, frame, layout) for frame in listed)
+    units.sort(key=lambda u: u.frame.key)
+    return units
+
+
+def _frames_of(source: _Source) -> list[frames.Frame]:
     try:
-        dtype = pixels.native_dtype(header)
-        raw = _native_pixels(Path(ref.path), source.pixel_offset, header, dtype) if dtype is not None else None
-        if raw is not None:
-            return pixels.preprocess_native(header, raw, spec)
-        return pixels.preprocess(pydicom.dcmread(ref.path), spec)
+        return frames.frames(source.header)
     except ImagingError as exc:
-        raise ImagingError(f"instance {ref.sop_instance_uid}: {exc}") from exc
+        raise ImagingError(f"instance {source.ref.sop_instance_uid}: {exc}") from exc
 
 
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
-_LONG_VRS = (b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN")
-
-
-def _native_pixels(path: Path, offset: int | None, header: Dataset, dtype: np.dtype) -> np.ndarray | None:
-    """Pixel Data's values from the file at `offset` (where its element starts), or None to let
-    pydicom decode instead (no offset, not Pixel Data there, undefined or short length)."""
-    if offset is None:
-        return None
-    explicit = str(header.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.1"
-    count = int(header.Rows) * int(header.Columns)
+def _layout(source: _Source) -> frames.PixelLayout | None:
     try:
-        with path.open("rb") as fp:
-            fp.seek(offset)
-            head = fp.read(12 if explicit else 8)
-            if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
-                return None
-            if explicit:
-                if head[4:6] not in _LONG_VRS:
-                    return None
-                length = int.from_bytes(head[8:12], "little")
-            else:
-                length = int.from_bytes(head[4:8], "little")
-            if length == 0xFFFFFFFF or length < count * dtype.itemsize:
-                return None
-            raw = np.fromfile(fp, dtype=dtype, count=count)
+        fd = os.open(source.ref.path, os.O_RDONLY)
+    except OSError:
+        return None  # pydicom's read reports it with the instance's reason
+    try:
+        return frames.pixel_layout(source.header, _read_at(fd), source.pixel_offset)
     except OSError:
         return None
-    return raw if raw.size == count else None
+    finally:
+        os.close(fd)
+
+
+def _read_at(fd: int) -> frames.ReadAt:
+    return lambda offset, size: os.pread(fd, size, offset)
+
+
+def _tensor(unit: _Unit, header: Dataset, spec: Preprocessing) -> np.ndarray:
+    """The model input for one frame (`header`: `frames.frame_header` of it).
+
+    Uncompressed and encapsulated pixel data are read straight from the stored file at the offset the
+    header read stopped at, one frame's bytes only: for a CT slice 2.3 ms of pydicom (a second parse,
+    then its decoder) -> ~0.1 ms (docs/performance.md); for a multi-frame instance, memory of one
+    frame, whatever the frame count. Anything else (deflated, 1-bit) goes through pydicom.
+    """
+    source, frame = unit.source, unit.frame
+    where = f"instance {source.ref.sop_instance_uid}" + (f" frame {frame.number}" if frame.number else "")
+    try:
+        fd = os.open(source.ref.path, os.O_RDONLY)
+    except OSError as exc:
+        raise ImagingError(f"{where}: cannot read the stored file: {exc.strerror}") from exc
+    try:
+        read_at = _read_at(fd)
+        layout = unit.layout if frame.number is not None else frames.pixel_layout(
+            source.header, read_at, source.pixel_offset)
+        if layout is not None:
+            stored = frames.stored_frame(header, layout, read_at, frame.index)
+            return pixels.preprocess_stored(header, stored, spec)
+        if frame.number is None:
+            return pixels.preprocess(pydicom.dcmread(source.ref.path), spec)
+        return pixels.preprocess_stored(header, _pydicom_frame(source.ref.path, frame.index), spec)
+    except ImagingError as exc:
+        raise ImagingError(f"{where}: {exc}") from exc
+    except OSError as exc:
+        raise ImagingError(f"{where}: cannot read the stored file: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def _pydicom_frame(path: str, index: int) -> np.ndarray:
+    """One frame through pydicom, which reads only that frame where the transfer syntax allows."""
+    try:
+        return np.asarray(pixel_array(path, index=index))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # as pixels.decode: any decoder failure is bad data
+        raise ImagingError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
 
 
 def _stage_of(exc: EdgeAIError) -> str:

@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossl
 
 from edge_ai import phantoms
 from edge_ai.domain import InstanceRef
-from edge_ai.imaging import pixels
+from edge_ai.imaging import frames, pixels
 from edge_ai.inference.package import Preprocessing, Window
 from edge_ai.service import workers
 
@@ -62,16 +62,18 @@ def test_native_read_equals_pydicom_decode(tmp_path: Path, name: str, ds: Datase
     assert "PixelData" not in header and offset is not None
     dtype = pixels.native_dtype(header)
     assert dtype is not None
-    raw = workers._native_pixels(path, offset, header, dtype)
-    assert raw is not None
     spec = SPEC if name != "dx" else Preprocessing(window=Window(source="percentile"), resize=(32, 32))
-    np.testing.assert_array_equal(pixels.preprocess_native(header, raw, spec), pixels.preprocess(full, spec))
+    with path.open("rb") as fp:
+        raw = np.frombuffer(fp.read(), dtype=np.uint8)
+    layout = frames.pixel_layout(header, lambda at, size: bytes(raw[at:at + size]), offset)
+    assert layout is not None and len(layout.pieces) == 1
     source = workers._Source(ref, header, offset)
-    np.testing.assert_array_equal(workers._tensor(source, spec), pixels.preprocess(full, spec))
+    (unit,) = workers._units([source])
+    np.testing.assert_array_equal(workers._tensor(unit, header, spec), pixels.preprocess(full, spec))
 
 
 def test_compressed_multiframe_and_short_data_go_through_pydicom(tmp_path: Path) -> None:
-    """Anything but whole single-frame uncompressed data is left to pydicom's decoder."""
+    """Only whole pixel data is read by offset; short data is left to pydicom's decoder (and its error)."""
     ct = _ct()
     packed = copy.deepcopy(ct)
     packed.compress(RLELossless)
@@ -86,8 +88,11 @@ def test_compressed_multiframe_and_short_data_go_through_pydicom(tmp_path: Path)
     short.save_as(path, enforce_file_format=True)
     ref = InstanceRef("", "", "", "", str(path), "", 0)
     header, offset = workers._read_header(ref)
-    dtype = pixels.native_dtype(header)
-    assert dtype is not None
-    assert workers._native_pixels(path, offset, header, dtype) is None
-    assert workers._native_pixels(path, None, header, dtype) is None
-    assert workers._native_pixels(path, 0, header, dtype) is None  # not the Pixel Data element there
+    data = path.read_bytes()
+
+    def read_at(at: int, size: int) -> bytes:
+        return data[at:at + size]
+
+    assert frames.pixel_layout(header, read_at, offset) is None
+    assert frames.pixel_layout(header, read_at, None) is None
+    assert frames.pixel_layout(header, read_at, 0) is None  # not the Pixel Data element there
