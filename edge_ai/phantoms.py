@@ -585,7 +585,7 @@ def enhanced_ct_dataset(
         Other arguments: as `ct_series_datasets` (identifiers: patient_id, study_instance_uid, ...).
     """
     slices, rows, cols = volume.shape if volume is not None else (shape or (0, 0, 0))
-    order = list(range(slices)) if order is None else list(order)
+    order = list(range(slices)) if order is None else [int(k) for k in order]
     ds = _base(
         EnhancedCTImageStorage, "CT", patient_id=identifiers.get("patient_id"),
         patient_name=identifiers.get("patient_name"), study_instance_uid=identifiers.get("study_instance_uid"),
