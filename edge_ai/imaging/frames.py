@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from edge_ai.errors import ImagingError
@@ -51,6 +52,10 @@ _FRAME_KEYWORDS = (
     "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope",
     "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTSequence",
 )
+_FRAME_TAGS = tuple(Tag(k) for k in _FRAME_KEYWORDS)
+_RESCALE_TAGS = tuple(Tag(k) for k in ("RescaleSlope", "RescaleIntercept", "RescaleType"))
+_WINDOW_TAGS = tuple(Tag(k) for k in ("WindowCenter", "WindowWidth"))
+_RESCALE_SLOPE, _MODALITY_LUT, _WINDOW_CENTER = Tag("RescaleSlope"), Tag("ModalityLUTSequence"), Tag("WindowCenter")
 
 
 @dataclass(frozen=True)
@@ -111,22 +116,28 @@ def frame_header(ds: Dataset, frame: Frame) -> Dataset:
     if frame.number is None:
         return ds
     out = Dataset()
-    for keyword in _FRAME_KEYWORDS:
-        if keyword in ds:
-            out[keyword] = ds[keyword]
-    if "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+    for tag in _FRAME_TAGS:
+        element = ds.get_item(tag)  # copied as read: converted only if the pipeline reads it
+        if element is not None:
+            out[tag] = element
+    if _RESCALE_SLOPE not in out and _MODALITY_LUT not in out:
         item = pixels.frame_item(ds, "PixelValueTransformationSequence", frame.index, "RescaleSlope")
-        for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
-            if item is not None and keyword in item:
-                out[keyword] = item[keyword]
-    if "WindowCenter" not in ds:
+        _copy(item, out, _RESCALE_TAGS)
+    if _WINDOW_CENTER not in out:
         item = pixels.frame_item(ds, "FrameVOILUTSequence", frame.index, "WindowCenter")
-        for keyword in ("WindowCenter", "WindowWidth"):
-            if item is not None and keyword in item:
-                out[keyword] = item[keyword]
+        _copy(item, out, _WINDOW_TAGS)
     out.NumberOfFrames = 1
     out.file_meta = ds.file_meta
     return out
+
+
+def _copy(source: Dataset | None, target: Dataset, tags: Sequence[BaseTag]) -> None:
+    if source is None:
+        return
+    for tag in tags:
+        element = source.get_item(tag)
+        if element is not None:
+            target[tag] = element
 
 
 @dataclass(frozen=True)
@@ -252,7 +263,7 @@ def stored_frame(ds: Dataset, layout: PixelLayout, read_at: ReadAt, index: int) 
     (unused high bits masked, or sign-extended when signed).
 
     Raises:
-        ImagingError: short file, or the frame does not decode.
+        ImagingError: short file, or the frame does not decode (the caller names the frame).
     """
     rows, cols = int(ds.Rows), int(ds.Columns)
     data = b"".join(read_at(at, length) for at, length in layout.pieces[index])
@@ -261,7 +272,7 @@ def stored_frame(ds: Dataset, layout: PixelLayout, read_at: ReadAt, index: int) 
         bits = int(ds.BitsAllocated)
         dtype = np.dtype(f"{order}{'i' if int(ds.get('PixelRepresentation') or 0) else 'u'}{bits // 8}")
         if len(data) < rows * cols * dtype.itemsize:
-            raise ImagingError(f"frame {index + 1}: pixel data cut short")
+            raise ImagingError("pixel data cut short")
         stored = np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
         return pixels.mask_unused_bits(stored.astype(dtype.newbyteorder("="), copy=False), ds)
     opts = as_pixel_options(ds, number_of_frames=1)
@@ -271,6 +282,6 @@ def stored_frame(ds: Dataset, layout: PixelLayout, read_at: ReadAt, index: int) 
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # as pixels.decode: any decoder failure (a Rust panic too) is bad data
-        raise ImagingError(f"frame {index + 1} cannot be decoded ({UID(layout.syntax).name}): "
-                           f"{type(exc).__name__}: {exc}") from exc
+        name = UID(layout.syntax).name
+        raise ImagingError(f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc
     return np.asarray(arr).reshape(rows, cols)

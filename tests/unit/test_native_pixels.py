@@ -9,10 +9,11 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from edge_ai import phantoms
 from edge_ai.domain import InstanceRef
+from edge_ai.errors import ImagingError
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.package import Preprocessing, Window
 from edge_ai.service import workers
@@ -90,3 +91,37 @@ def test_short_or_misplaced_pixel_data_is_left_to_pydicom(tmp_path: Path) -> Non
     assert frames.pixel_layout(header, read_at, offset) is None
     assert frames.pixel_layout(header, read_at, None) is None
     assert frames.pixel_layout(header, read_at, 0) is None  # not the Pixel Data element there
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_slice_read_by_offset_equals_pydicom_decode(tmp_path: Path, syntax: str) -> None:
+    """A compressed single-frame slice, its one fragment read from the file, gives pydicom's tensor."""
+    ds = _ct()
+    try:
+        ds.compress(syntax)
+    except (RuntimeError, NotImplementedError, ValueError) as exc:  # no encoder plugin installed
+        pytest.skip(f"cannot encode {syntax}: {exc}")
+    path = tmp_path / "packed.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    ref = InstanceRef("", "", "", "", str(path), "", 0)
+    header, offset = workers._read_header(ref)
+    (unit,) = workers._units([workers._Source(ref, header, offset)])
+    np.testing.assert_array_equal(workers._tensor(unit, header, SPEC), pixels.preprocess(pydicom.dcmread(path), SPEC))
+
+
+def test_corrupt_frame_fails_naming_instance_and_frame(tmp_path: Path) -> None:
+    """A multi-frame instance with one undecodable frame fails its job with a reason naming that frame."""
+    vol, _ = phantoms.ct_volume(np.random.default_rng(3), slices=3, size=32, lesion=False)
+    ds = phantoms.enhanced_ct_dataset(vol)
+    ds.compress(RLELossless)
+    frames_ = [bytes(f) for f in pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=3)]
+    frames_[1] = frames_[1][:64] + b"\x00" * 8  # header of 2 segments, data cut
+    ds.PixelData = pydicom.encaps.encapsulate(frames_)
+    path = tmp_path / "bad.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    ref = InstanceRef("", str(ds.SOPInstanceUID), "", "", str(path), "", 0)
+    header, offset = workers._read_header(ref)
+    units = sorted(workers._units([workers._Source(ref, header, offset)]), key=lambda u: u.frame.index)
+    workers._tensor(units[0], frames.frame_header(header, units[0].frame), SPEC)
+    with pytest.raises(ImagingError, match=f"instance {ds.SOPInstanceUID} frame 2: cannot decode pixel data"):
+        workers._tensor(units[1], frames.frame_header(header, units[1].frame), SPEC)
