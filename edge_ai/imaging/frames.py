@@ -18,6 +18,7 @@ are ordered by Image Position (Patient)), then Instance Number, then frame numbe
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ def pixel_layout(ds: Dataset, read_at: ReadAt, element_offset: int | None) -> Pi
             return _native_layout(ds, read_at, element_offset, syntax)
         if syntax.startswith(_ENCAPSULATED_PREFIX):
             return _encapsulated_layout(ds, read_at, element_offset, syntax)
-    except (struct.error, ValueError, TypeError):
+    except (struct.error, ValueError, TypeError, IndexError):  # a malformed element: pydicom says why
         return None
     return None
 
@@ -249,13 +250,14 @@ def _items(read_at: ReadAt, at: int) -> list[tuple[int, int]]:
 
 def _group_by_starts(fragments: Sequence[tuple[int, int]], starts: Sequence[int]) -> list[list[tuple[int, int]]]:
     """Fragments grouped into frames at the item offsets a (basic or extended) offset table gives."""
-    groups: list[list[tuple[int, int]]] = []
-    bounds = [*starts, 1 << 62]
-    for k in range(len(starts)):
-        groups.append([f for f in fragments if bounds[k] <= f[0] - 8 < bounds[k + 1]])
-    if any(not g for g in groups):
+    items = [at - 8 for at, _ in fragments]  # where each fragment's item tag is, ascending
+    bounds = [bisect.bisect_left(items, start) for start in starts]
+    ends = [*bounds[1:], len(fragments)]
+    if any(b >= len(items) or items[b] != start for b, start in zip(bounds, starts, strict=True)) or any(
+        e <= b for b, e in zip(bounds, ends, strict=True)
+    ):
         raise ValueError("offset table does not match the fragments")
-    return groups
+    return [list(fragments[b:e]) for b, e in zip(bounds, ends, strict=True)]
 
 
 def stored_frame(ds: Dataset, layout: PixelLayout, read_at: ReadAt, index: int) -> np.ndarray:
