@@ -36,7 +36,7 @@ from edge_ai.inference.engine import Outputs
 from edge_ai.inference.onnxruntime import OnnxRuntimeEngine
 from edge_ai.inference.package import load_package
 from edge_ai.report.sr import DeviceInfo
-from edge_ai.service import workers
+from edge_ai.service import reading, workers
 
 def hwm_rss():
     fields = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines() if ":" in l)
@@ -55,7 +55,7 @@ started = time.monotonic()
 tracemalloc.start()
 if mode == "node":
     headers, offsets = workers._read_headers([ref])
-    result = pipe._infer(engine, workers._units([workers._Source(ref, headers[0], offsets[0])]))
+    result = pipe._infer(engine, reading.units([reading.Source(ref, headers[0], offsets[0])]))
     images = len(result.scores)
 else:
     ds = pydicom.dcmread(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -16,7 +15,6 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.pixels.utils import pixel_array
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
@@ -28,9 +26,9 @@ from edge_ai.grouping.routing import RouteDecision, route
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
-from edge_ai.inference.package import Preprocessing
 from edge_ai.inference.threads import limit_blas_threads
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
+from edge_ai.service import reading
 from edge_ai.spool.queue import Job, Queue, ReportRow
 from edge_ai.spool.store import Spool
 
@@ -128,10 +126,10 @@ class Pipeline:
         pkg = engine.package
         started = time.monotonic()
         pairs = [
-            _Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
+            reading.Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
             if str(h.SOPClassUID) not in NOT_INFERRED
         ]
-        result = self._infer(engine, _units(pairs))
+        result = self._infer(engine, reading.units(pairs))
         duration = time.monotonic() - started
         self.on_stage("inference", duration)
         self.audit(
@@ -164,9 +162,9 @@ class Pipeline:
             path=str(path), positive=result.positive, probability=result.probability,
         )
 
-    def _infer(self, engine: Engine, pairs: Sequence[_Unit]) -> InferenceResult:
+    def _infer(self, engine: Engine, pairs: Sequence[reading.Unit]) -> InferenceResult:
         """Every image (a single-frame instance or one frame of a multi-frame one) through the model,
-        in `_units` order; the aggregate sees frames as it sees slices."""
+        in `reading.units` order; the aggregate sees frames as it sees slices."""
         pkg = engine.package
         if not pairs:
             raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
@@ -185,7 +183,7 @@ class Pipeline:
                 while len(pending) <= PREFETCH_BATCHES and index + len(pending) < len(batches):
                     ahead = batches[index + len(pending)]
                     # frame headers are made here, on this thread: imaging threads only read them
-                    pending.append([pool.submit(_tensor, p, frames.frame_header(p.source.header, p.frame),
+                    pending.append([pool.submit(reading.tensor, p, frames.frame_header(p.source.header, p.frame),
                                                 pkg.preprocessing) for p in ahead])
                 batch = [f.result() for f in pending.popleft()]
                 for tensor in batch:
@@ -195,106 +193,6 @@ class Pipeline:
                 boxes.append(out.box[: len(batch_sources)])
         self.on_stage("imaging+inference", time.monotonic() - started)
         return summarize(pkg, engine.runtime, infos, Outputs(np.concatenate(probs), np.concatenate(boxes)))
-
-
-@dataclass(frozen=True)
-class _Source:
-    """One instance to infer: its spool entry, parsed header and where its Pixel Data element starts."""
-
-    ref: InstanceRef
-    header: Dataset
-    pixel_offset: int | None
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One model input: a single-frame instance, or one frame of a multi-frame instance, and where the
-    stored bytes of each of that instance's frames lie (None: pydicom reads the file instead)."""
-
-    source: _Source
-    frame: frames.Frame
-    layout: frames.PixelLayout | None
-
-
-def _units(sources: Sequence[_Source]) -> list[_Unit]:
-    """Every frame of every source, ordered by position as slices are (z, Instance Number, frame number).
-
-    Each multi-frame file is opened once here to locate its frames (a few bytes per frame are read);
-    a single-frame one is located when its tensor is made, on an imaging thread.
-    """
-    units: list[_Unit] = []
-    for source in sources:
-        listed = _frames_of(source)
-        layout = _layout(source) if len(listed) > 1 or listed[0].number is not None else None
-        units.extend(_Unit(source, frame, layout) for frame in listed)
-    units.sort(key=lambda u: u.frame.key)
-    return units
-
-
-def _frames_of(source: _Source) -> list[frames.Frame]:
-    try:
-        return frames.frames(source.header)
-    except ImagingError as exc:
-        raise ImagingError(f"instance {source.ref.sop_instance_uid}: {exc}") from exc
-
-
-def _layout(source: _Source) -> frames.PixelLayout | None:
-    try:
-        fd = os.open(source.ref.path, os.O_RDONLY)
-    except OSError:
-        return None  # pydicom's read reports it with the instance's reason
-    try:
-        return frames.pixel_layout(source.header, _read_at(fd), source.pixel_offset)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _read_at(fd: int) -> frames.ReadAt:
-    return lambda offset, size: os.pread(fd, size, offset)
-
-
-def _tensor(unit: _Unit, header: Dataset, spec: Preprocessing) -> np.ndarray:
-    """The model input for one frame (`header`: `frames.frame_header` of it).
-
-    Uncompressed and encapsulated pixel data are read straight from the stored file at the offset the
-    header read stopped at, one frame's bytes only: for a CT slice 2.3 ms of pydicom (a second parse,
-    then its decoder) -> ~0.1 ms (docs/performance.md); for a multi-frame instance, memory of one
-    frame, whatever the frame count. Anything else (deflated, 1-bit) goes through pydicom.
-    """
-    source, frame = unit.source, unit.frame
-    where = f"instance {source.ref.sop_instance_uid}" + (f" frame {frame.number}" if frame.number else "")
-    try:
-        fd = os.open(source.ref.path, os.O_RDONLY)
-    except OSError as exc:
-        raise ImagingError(f"{where}: cannot read the stored file: {exc.strerror}") from exc
-    try:
-        read_at = _read_at(fd)
-        layout = unit.layout if frame.number is not None else frames.pixel_layout(
-            source.header, read_at, source.pixel_offset)
-        if layout is not None:
-            stored = frames.stored_frame(header, layout, read_at, frame.index)
-            return pixels.preprocess_stored(header, stored, spec)
-        if frame.number is None:
-            return pixels.preprocess(pydicom.dcmread(source.ref.path), spec)
-        return pixels.preprocess_stored(header, _pydicom_frame(source.ref.path, frame.index), spec)
-    except ImagingError as exc:
-        raise ImagingError(f"{where}: {exc}") from exc
-    except OSError as exc:
-        raise ImagingError(f"{where}: cannot read the stored file: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-
-
-def _pydicom_frame(path: str, index: int) -> np.ndarray:
-    """One frame through pydicom, which reads only that frame where the transfer syntax allows."""
-    try:
-        return np.asarray(pixel_array(path, index=index))
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # as pixels.decode: any decoder failure is bad data
-        raise ImagingError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
 
 
 def _stage_of(exc: EdgeAIError) -> str:

@@ -14,7 +14,7 @@ import pytest
 from peers import DCIODVFY, dciodvfy_errors
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, itemize_fragment
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from edge_ai import phantoms
 from edge_ai.domain import InferenceResult, InstanceRef
@@ -22,7 +22,7 @@ from edge_ai.imaging import frames, pixels
 from edge_ai.inference.package import Preprocessing, Window, load_package
 from edge_ai.models import __file__ as models_init
 from edge_ai.report.sr import DeviceInfo, build_sr, sr_summary
-from edge_ai.service import workers
+from edge_ai.service import reading, workers
 
 ort = pytest.importorskip("onnxruntime")
 from edge_ai.inference.onnxruntime import OnnxRuntimeEngine  # noqa: E402
@@ -53,8 +53,8 @@ def _pipeline() -> workers.Pipeline:
 
 def _infer(refs: list[InstanceRef], engine: Any) -> tuple[InferenceResult, list[Dataset]]:
     headers, offsets = workers._read_headers(refs)
-    sources = [workers._Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)]
-    return _pipeline()._infer(engine, workers._units(sources)), headers
+    sources = [reading.Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)]
+    return _pipeline()._infer(engine, reading.units(sources)), headers
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +120,10 @@ def test_frames_are_ordered_by_plane_position_not_storage(
 def _tensors(path: Path, spec: Preprocessing) -> list[np.ndarray]:
     ref = InstanceRef("", "", "", "", str(path), "", 0)
     header, offset = workers._read_header(ref)
-    units = workers._units([workers._Source(ref, header, offset)])
+    units = reading.units([reading.Source(ref, header, offset)])
     assert all(u.layout is not None for u in units)  # read frame by frame, not through pydicom's whole decode
     units.sort(key=lambda u: u.frame.index)  # stored order, to compare with a whole decode
-    return [workers._tensor(u, frames.frame_header(header, u.frame), spec) for u in units]
+    return [reading.tensor(u, frames.frame_header(header, u.frame), spec) for u in units]
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
@@ -184,7 +184,7 @@ def test_memory_does_not_grow_with_frame_count(engine: OnnxRuntimeEngine, tmp_pa
     for count in (50, 400):
         ref = _big(tmp_path / f"{count}.dcm", count)
         headers, offsets = workers._read_headers([ref])
-        units = workers._units([workers._Source(ref, headers[0], offsets[0])])
+        units = reading.units([reading.Source(ref, headers[0], offsets[0])])
         tracemalloc.start()
         result = _pipeline()._infer(engine, units)
         peaks[count] = tracemalloc.get_traced_memory()[1]
@@ -194,3 +194,23 @@ def test_memory_does_not_grow_with_frame_count(engine: OnnxRuntimeEngine, tmp_pa
     print(f"imaging+inference peak: 50 frames {peaks[50] / 2**20:.1f} MiB, 400 frames {peaks[400] / 2**20:.1f} MiB")
     assert peaks[400] < 40 * frame  # the 400-frame volume is 400 frames' worth
     assert peaks[400] - peaks[50] < 4 * frame
+
+
+def test_deflated_multiframe_is_read_once_and_decoded_frame_by_frame(
+    volume: tuple[np.ndarray, phantoms.Lesion], tmp_path: Path
+) -> None:
+    """A deflated Enhanced CT (frames not locatable in the file) gives the same tensors as the plain one."""
+    raw = phantoms.enhanced_ct_dataset(volume[0][:5, :48, :48])
+    deflated = copy.deepcopy(raw)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    phantoms.write_dataset(raw, tmp_path / "raw.dcm")
+    phantoms.write_dataset(deflated, tmp_path / "deflated.dcm")
+    ref = InstanceRef("", "", "", "", str(tmp_path / "deflated.dcm"), "", 0)
+    header, offset = workers._read_header(ref)
+    units = reading.units([reading.Source(ref, header, offset)])
+    assert all(u.layout is None and u.whole is not None for u in units)
+    got = [reading.tensor(u, frames.frame_header(header, u.frame), SPEC)
+           for u in sorted(units, key=lambda u: u.frame.index)]
+    for a, b in zip(got, _tensors(tmp_path / "raw.dcm", SPEC), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert units[0].whole is not None and units[0].whole._ds is None  # dropped after its last frame

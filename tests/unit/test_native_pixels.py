@@ -16,7 +16,7 @@ from edge_ai.domain import InstanceRef
 from edge_ai.errors import ImagingError
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.package import Preprocessing, Window
-from edge_ai.service import workers
+from edge_ai.service import reading, workers
 
 SPEC = Preprocessing(window=Window(source="fixed", center=40.0, width=400.0), resize=(32, 32), mean=0.5, std=0.25)
 
@@ -68,9 +68,9 @@ def test_native_read_equals_pydicom_decode(tmp_path: Path, name: str, ds: Datase
         raw = np.frombuffer(fp.read(), dtype=np.uint8)
     layout = frames.pixel_layout(header, lambda at, size: bytes(raw[at:at + size]), offset)
     assert layout is not None and len(layout.pieces) == 1
-    source = workers._Source(ref, header, offset)
-    (unit,) = workers._units([source])
-    np.testing.assert_array_equal(workers._tensor(unit, header, spec), pixels.preprocess(full, spec))
+    source = reading.Source(ref, header, offset)
+    (unit,) = reading.units([source])
+    np.testing.assert_array_equal(reading.tensor(unit, header, spec), pixels.preprocess(full, spec))
 
 
 def test_short_or_misplaced_pixel_data_is_left_to_pydicom(tmp_path: Path) -> None:
@@ -105,8 +105,8 @@ def test_compressed_slice_read_by_offset_equals_pydicom_decode(tmp_path: Path, s
     ds.save_as(path, enforce_file_format=True)
     ref = InstanceRef("", "", "", "", str(path), "", 0)
     header, offset = workers._read_header(ref)
-    (unit,) = workers._units([workers._Source(ref, header, offset)])
-    np.testing.assert_array_equal(workers._tensor(unit, header, SPEC), pixels.preprocess(pydicom.dcmread(path), SPEC))
+    (unit,) = reading.units([reading.Source(ref, header, offset)])
+    np.testing.assert_array_equal(reading.tensor(unit, header, SPEC), pixels.preprocess(pydicom.dcmread(path), SPEC))
 
 
 def test_corrupt_frame_fails_naming_instance_and_frame(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_corrupt_frame_fails_naming_instance_and_frame(tmp_path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
     ref = InstanceRef("", str(ds.SOPInstanceUID), "", "", str(path), "", 0)
     header, offset = workers._read_header(ref)
-    units = sorted(workers._units([workers._Source(ref, header, offset)]), key=lambda u: u.frame.index)
-    workers._tensor(units[0], frames.frame_header(header, units[0].frame), SPEC)
+    units = sorted(reading.units([reading.Source(ref, header, offset)]), key=lambda u: u.frame.index)
+    reading.tensor(units[0], frames.frame_header(header, units[0].frame), SPEC)
     with pytest.raises(ImagingError, match=f"instance {ds.SOPInstanceUID} frame 2: cannot decode pixel data"):
-        workers._tensor(units[1], frames.frame_header(header, units[1].frame), SPEC)
+        reading.tensor(units[1], frames.frame_header(header, units[1].frame), SPEC)
