@@ -57,6 +57,7 @@ _FRAME_TAGS = tuple(Tag(k) for k in _FRAME_KEYWORDS)
 _RESCALE_TAGS = tuple(Tag(k) for k in ("RescaleSlope", "RescaleIntercept", "RescaleType"))
 _WINDOW_TAGS = tuple(Tag(k) for k in ("WindowCenter", "WindowWidth"))
 _RESCALE_SLOPE, _MODALITY_LUT, _WINDOW_CENTER = Tag("RescaleSlope"), Tag("ModalityLUTSequence"), Tag("WindowCenter")
+_SHARED, _PER_FRAME = Tag("SharedFunctionalGroupsSequence"), Tag("PerFrameFunctionalGroupsSequence")
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,14 @@ class Frame:
 
 
 def is_multiframe(ds: Dataset) -> bool:
-    """True for a multi-frame image (Number of Frames present): its references name a frame."""
-    return ds.get("NumberOfFrames") not in (None, "")
+    """True for an image whose references name a frame: more than one frame, or an Enhanced (functional
+    groups) image of any count. A single-frame image that carries Number of Frames 1 is referenced as a
+    whole, as before multi-frame support, so its SR does not change.
+
+    Raises:
+        ImagingError: Number of Frames is not a positive number.
+    """
+    return pixels.frame_count(ds) > 1 or _SHARED in ds or _PER_FRAME in ds
 
 
 def _z(position: Any) -> float | None:

@@ -14,7 +14,7 @@ import pytest
 from peers import DCIODVFY, dciodvfy_errors
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, itemize_fragment
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEG2000Lossless, RLELossless
 
 from edge_ai import phantoms
 from edge_ai.domain import InferenceResult, InstanceRef
@@ -214,3 +214,34 @@ def test_deflated_multiframe_is_read_once_and_decoded_frame_by_frame(
     for a, b in zip(got, _tensors(tmp_path / "raw.dcm", SPEC), strict=True):
         np.testing.assert_array_equal(a, b)
     assert units[0].whole is not None and units[0].whole._ds is None  # dropped after its last frame
+
+
+def test_big_endian_multiframe_is_read_by_offset_like_pydicom(
+    volume: tuple[np.ndarray, phantoms.Lesion], tmp_path: Path
+) -> None:
+    """Explicit VR big endian frames are read from the file one by one and give pydicom's tensors."""
+    vol = volume[0][:4, :48, :48]
+    ds = phantoms.enhanced_ct_dataset(vol)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    ds.PixelData = vol.astype(">i2").tobytes()
+    ds["PixelData"].VR = "OW"
+    path = tmp_path / "be.dcm"
+    ds.save_as(path, enforce_file_format=True, little_endian=False, implicit_vr=False)
+    full = pydicom.dcmread(path)
+    assert np.array_equal(full.pixel_array, vol)
+    got = _tensors(path, SPEC)
+    np.testing.assert_allclose(np.stack(got), pixels.preprocess_frames(full, SPEC), atol=1e-6)
+
+
+def test_single_frame_images_are_referenced_whole_and_enhanced_ones_by_frame() -> None:
+    """An SR region on a plain slice (even one saying Number of Frames 1) names the instance alone, as
+    before; one on an Enhanced CT, even of one frame, names its frame."""
+    (ct,), _ = phantoms.ct_case(np.random.default_rng(1), slices=1, size=16, lesion=False)
+    assert [f.number for f in frames.frames(ct)] == [None]
+    ct.NumberOfFrames = 1
+    assert [f.number for f in frames.frames(ct)] == [None]
+    one = phantoms.enhanced_ct_dataset(np.zeros((1, 16, 16), dtype=np.int16))
+    assert [f.number for f in frames.frames(one)] == [1]
+    bare = phantoms.enhanced_ct_dataset(np.zeros((3, 16, 16), dtype=np.int16))
+    del bare.SharedFunctionalGroupsSequence, bare.PerFrameFunctionalGroupsSequence
+    assert [f.number for f in frames.frames(bare)] == [1, 2, 3]
