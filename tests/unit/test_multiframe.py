@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import os
 import tracemalloc
 from pathlib import Path
 from typing import Any, cast
@@ -94,7 +95,7 @@ def test_lesion_at_frame_300_of_400_is_found_as_in_the_slice_series(
     assert summary["positive"] is True
     assert summary["findings"][0]["frame_number"] == best.frame_number
     assert summary["evidence"] == [str(enhanced.SOPInstanceUID)]
-    if Path(DCIODVFY).exists():
+    if Path(DCIODVFY).exists() or os.environ.get("CI"):  # in CI a missing dciodvfy fails, as in conftest
         path = tmp_path / "sr.dcm"
         sr.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == []
