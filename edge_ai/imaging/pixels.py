@@ -49,7 +49,7 @@ __all__ = [
     "window",
 ]
 
-MAX_PIXELS = 256 * 1024 * 1024  # rows * columns * frames above this is refused before decoding
+MAX_PIXELS = 256 * 1024 * 1024  # pixels of one decode (the whole image in `decode`, one frame in `preprocess_stored`)
 
 
 def frame_count(ds: Dataset) -> int:
