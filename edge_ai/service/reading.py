@@ -48,7 +48,12 @@ class _WholeRead:
     def frame(self, index: int) -> np.ndarray:
         with self._lock:
             if self._ds is None:
-                self._ds = pydicom.dcmread(self._path)
+                try:
+                    self._ds = pydicom.dcmread(self._path)
+                except OSError:
+                    raise
+                except Exception as exc:  # stored bytes pydicom cannot parse: this job fails with the reason
+                    raise ImagingError(f"cannot read the stored file: {type(exc).__name__}: {exc}") from exc
             ds = self._ds
             self._left -= 1
             if self._left <= 0:
