@@ -286,8 +286,3 @@ def _read_header(ref: InstanceRef) -> tuple[Dataset, int | None]:
     except Exception as exc:  # a stored file that no longer parses fails its job with the reason
         raise ImagingError(f"instance {ref.sop_instance_uid}: cannot read header: {type(exc).__name__}") from exc
 
-
-def _slice_order(ds: Dataset) -> tuple[float, int]:
-    position = ds.get("ImagePositionPatient")
-    z = float(position[2]) if position is not None and len(position) == 3 else 0.0
-    return (z, int(ds.get("InstanceNumber", 0) or 0))
