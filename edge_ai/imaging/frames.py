@@ -212,6 +212,8 @@ def _encapsulated_layout(ds: Dataset, read_at: ReadAt, offset: int, syntax: str)
     (bot_at, bot_length), fragments = items[0], items[1:]
     count = pixels.frame_count(ds)
     if bot_length:
+        if bot_length > 4 * count:  # one 4-byte offset per frame: more is not a Basic Offset Table
+            raise ValueError("Basic Offset Table longer than the frames")
         raw = read_at(bot_at, bot_length)
         starts = [fragments[0][0] - 8 + v for v in struct.unpack(f"<{bot_length // 4}L", raw)]
         groups = _group_by_starts(fragments, starts)
@@ -275,6 +277,8 @@ def stored_frame(ds: Dataset, layout: PixelLayout, read_at: ReadAt, index: int) 
         ImagingError: short file, or the frame does not decode (the caller names the frame).
     """
     rows, cols = int(ds.Rows), int(ds.Columns)
+    if rows * cols > pixels.MAX_PIXELS:  # checked before reading: the bytes read follow the geometry
+        raise ImagingError(f"image too large: {rows} x {cols} per frame exceeds {pixels.MAX_PIXELS}")
     data = b"".join(read_at(at, length) for at, length in layout.pieces[index])
     if layout.syntax in _NATIVE:
         order = _NATIVE[layout.syntax][0]
@@ -293,4 +297,7 @@ def stored_frame(ds: Dataset, layout: PixelLayout, read_at: ReadAt, index: int) 
     except BaseException as exc:  # as pixels.decode: any decoder failure (a Rust panic too) is bad data
         name = UID(layout.syntax).name
         raise ImagingError(f"cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc
-    return np.asarray(arr).reshape(rows, cols)
+    out = np.asarray(arr)
+    if out.size != rows * cols:
+        raise ImagingError(f"decoded frame holds {out.size} values, {rows} x {cols} expected")
+    return out.reshape(rows, cols)

@@ -6,6 +6,7 @@ import copy
 import datetime
 import os
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,10 +16,17 @@ import pytest
 from peers import DCIODVFY, dciodvfy_errors
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, itemize_fragment
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
 
 from edge_ai import phantoms
 from edge_ai.domain import InferenceResult, InstanceRef
+from edge_ai.errors import ImagingError
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.package import Preprocessing, Window, load_package
 from edge_ai.models import __file__ as models_init
@@ -246,3 +254,42 @@ def test_single_frame_images_are_referenced_whole_and_enhanced_ones_by_frame() -
     bare = phantoms.enhanced_ct_dataset(np.zeros((3, 16, 16), dtype=np.int16))
     del bare.SharedFunctionalGroupsSequence, bare.PerFrameFunctionalGroupsSequence
     assert [f.number for f in frames.frames(bare)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, ExplicitVRLittleEndian])
+def test_damaged_multiframe_files_fail_as_bad_data_only(
+    volume: tuple[np.ndarray, phantoms.Lesion], tmp_path: Path, syntax: str
+) -> None:
+    """Bytes flipped or cut anywhere in a stored multi-frame file give a layout or none, and frames that
+    decode or an ImagingError (a failed job with its reason), never another exception."""
+    ds = phantoms.enhanced_ct_dataset(volume[0][:3, :32, :32])
+    if syntax == RLELossless:
+        ds.compress(RLELossless)
+    path = tmp_path / "ok.dcm"
+    phantoms.write_dataset(ds, path)
+    good = path.read_bytes()
+    ref = InstanceRef("", "", "", "", str(path), "", 0)
+    header, offset = workers._read_header(ref)
+    assert offset is not None
+    rng = np.random.default_rng(11)
+    outcomes: Counter[str] = Counter()
+    for _ in range(300):
+        data = bytearray(good)
+        at = int(rng.integers(offset, len(data)))
+        if rng.random() < 0.2:
+            del data[at:]
+        else:
+            data[at] = int(rng.integers(256))
+
+        def read_at(start: int, size: int, data: bytes = bytes(data)) -> bytes:
+            return data[start:start + size]
+
+        layout = frames.pixel_layout(header, read_at, offset)
+        outcomes["no layout" if layout is None else "layout"] += 1
+        for index in range(3) if layout is not None else ():
+            try:
+                frames.stored_frame(header, layout, read_at, index)
+                outcomes["decoded"] += 1
+            except ImagingError:
+                outcomes["ImagingError"] += 1
+    assert outcomes["layout"] and outcomes["decoded"] and (outcomes["no layout"] or outcomes["ImagingError"])
