@@ -1,6 +1,7 @@
 """Fuzz the path from received bytes to model tensor: Part-10 header parse -> ingest checks -> decode ->
 pixels.preprocess, and the worker's frame-by-frame path (imaging.frames: frame layout from the stored
-bytes, one frame decoded, pixels.preprocess_stored) on up to 3 frames. Input: [transfer syntax index, SOP class index] + data set bytes.
+bytes, one frame decoded, pixels.preprocess_stored) on up to 3 frames.
+Input: [transfer syntax index, SOP class index] + data set bytes.
 
 Allowed outcomes are the ones the node turns into an answer: RejectedInstance (a refusal the SCP maps to a DIMSE status) at ingest
 (strict: any other exception there would be answered 0x0110 instead of the right status); in the worker
