@@ -98,8 +98,10 @@ class Node(_Section):
 class Storage(_Section):
     root: Path = Path("../var")
     min_free_bytes: int = Field(2 * 1024**3, ge=0)
-    # Rows x Columns x Frames x SamplesPerPixel x BitsAllocated/8 above this is refused before any decode
-    max_instance_bytes: int = Field(256 * 1024**2, ge=1024 * 1024, le=16 * 1024**3)
+    # Rows x Columns x Frames x SamplesPerPixel x BitsAllocated/8 (or the encoded size) above this is
+    # refused before any decode; 1 GiB holds a 1000-frame 512 x 512 16-bit Enhanced CT (500 MiB) twice
+    # over, and the worker decodes one frame at a time, so memory does not follow it
+    max_instance_bytes: int = Field(1024**3, ge=1024 * 1024, le=16 * 1024**3)
     # received images of a series are deleted this long after its last job was delivered; 0 keeps them
     retention_days: float = Field(7, ge=0, le=3650)
 

@@ -80,11 +80,13 @@ class Finding:
 
 @dataclass(frozen=True)
 class InstanceScore:
-    """The model's score for one source instance (every instance gets one, finding or not)."""
+    """The model's score for one source image (every instance, or every frame of a multi-frame one, gets
+    one, finding or not)."""
 
     sop_instance_uid: str
     probability: float
     box: Box
+    frame_number: int | None = None
 
 
 @dataclass(frozen=True)

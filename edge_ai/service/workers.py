@@ -24,12 +24,12 @@ from edge_ai.domain import InferenceResult, InstanceRef, Job
 from edge_ai.errors import EdgeAIError, ImagingError, ModelError
 from edge_ai.grouping.jobs import ReportRow
 from edge_ai.grouping.routing import RouteDecision, route
-from edge_ai.imaging import pixels
+from edge_ai.imaging import frames, pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
-from edge_ai.inference.package import Preprocessing
 from edge_ai.inference.threads import limit_blas_threads
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
+from edge_ai.service import reading
 from edge_ai.service.stores import Stores
 from edge_ai.spool.store import Spool
 
@@ -133,16 +133,15 @@ class Pipeline:
         pkg = engine.package
         started = time.monotonic()
         pairs = [
-            _Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
+            reading.Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
             if str(h.SOPClassUID) in ANALYSED
         ]
-        pairs.sort(key=lambda p: _slice_order(p.header))
-        result = self._infer(engine, pairs)
+        result = self._infer(engine, reading.units(pairs))
         duration = time.monotonic() - started
         self.on_stage("inference", duration)
         self.audit(
             "inference", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
-            runtime=engine.runtime, instances=len(pairs), duration_s=round(duration, 4),
+            runtime=engine.runtime, instances=len(pairs), images=len(result.scores), duration_s=round(duration, 4),
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
         previous = self.stores.jobs.previous_report(job.series_id, pkg.name, job.id)
@@ -170,13 +169,15 @@ class Pipeline:
             path=str(path), positive=result.positive, probability=result.probability,
         )
 
-    def _infer(self, engine: Engine, pairs: Sequence[_Source]) -> InferenceResult:
+    def _infer(self, engine: Engine, pairs: Sequence[reading.Unit]) -> InferenceResult:
+        """Every image (a single-frame instance or one frame of a multi-frame one) through the model,
+        in `reading.units` order; the aggregate sees frames as it sees slices."""
         pkg = engine.package
         if not pairs:
             raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
         batch_size = max(pkg.batch_sizes)
-        infos = [ImageInfo(p.ref.sop_instance_uid, p.ref.sop_class_uid, int(p.header.Rows), int(p.header.Columns))
-                 for p in pairs]
+        infos = [ImageInfo(p.source.ref.sop_instance_uid, p.source.ref.sop_class_uid, int(p.source.header.Rows),
+                           int(p.source.header.Columns), p.frame.number) for p in pairs]
         probs, boxes = [], []
         started = time.monotonic()
         batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
@@ -188,7 +189,9 @@ class Pipeline:
             for index, batch_sources in enumerate(batches):
                 while len(pending) <= PREFETCH_BATCHES and index + len(pending) < len(batches):
                     ahead = batches[index + len(pending)]
-                    pending.append([pool.submit(_tensor, p, pkg.preprocessing) for p in ahead])
+                    # frame headers are made here, on this thread: imaging threads only read them
+                    pending.append([pool.submit(reading.tensor, p, frames.frame_header(p.source.header, p.frame),
+                                                pkg.preprocessing) for p in ahead])
                 batch = [f.result() for f in pending.popleft()]
                 for tensor in batch:
                     self.on_tensor(pkg.name, tensor)
@@ -197,64 +200,6 @@ class Pipeline:
                 boxes.append(out.box[: len(batch_sources)])
         self.on_stage("imaging+inference", time.monotonic() - started)
         return summarize(pkg, engine.runtime, infos, Outputs(np.concatenate(probs), np.concatenate(boxes)))
-
-
-@dataclass(frozen=True)
-class _Source:
-    """One instance to infer: its spool entry, parsed header and where its Pixel Data element starts."""
-
-    ref: InstanceRef
-    header: Dataset
-    pixel_offset: int | None
-
-
-def _tensor(source: _Source, spec: Preprocessing) -> np.ndarray:
-    """The model input for one instance; its header is already parsed.
-
-    Uncompressed little-endian pixel data is read straight from the stored file at the offset
-    the header read stopped at: 2.3 ms of pydicom (a second parse, then its decoder) per 512 x 512
-    CT slice -> ~0.1 ms (docs/performance.md). Anything else goes through pydicom.
-    """
-    ref, header = source.ref, source.header
-    try:
-        dtype = pixels.native_dtype(header)
-        raw = _native_pixels(Path(ref.path), source.pixel_offset, header, dtype) if dtype is not None else None
-        if raw is not None:
-            return pixels.preprocess_native(header, raw, spec)
-        return pixels.preprocess(pydicom.dcmread(ref.path), spec)
-    except ImagingError as exc:
-        raise ImagingError(f"instance {ref.sop_instance_uid}: {exc}") from exc
-
-
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
-_LONG_VRS = (b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN")
-
-
-def _native_pixels(path: Path, offset: int | None, header: Dataset, dtype: np.dtype) -> np.ndarray | None:
-    """Pixel Data's values from the file at `offset` (where its element starts), or None to let
-    pydicom decode instead (no offset, not Pixel Data there, undefined or short length)."""
-    if offset is None:
-        return None
-    explicit = str(header.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.1"
-    count = int(header.Rows) * int(header.Columns)
-    try:
-        with path.open("rb") as fp:
-            fp.seek(offset)
-            head = fp.read(12 if explicit else 8)
-            if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
-                return None
-            if explicit:
-                if head[4:6] not in _LONG_VRS:
-                    return None
-                length = int.from_bytes(head[8:12], "little")
-            else:
-                length = int.from_bytes(head[4:8], "little")
-            if length == 0xFFFFFFFF or length < count * dtype.itemsize:
-                return None
-            raw = np.fromfile(fp, dtype=dtype, count=count)
-    except OSError:
-        return None
-    return raw if raw.size == count else None
 
 
 def _stage_of(exc: EdgeAIError) -> str:
@@ -348,8 +293,3 @@ def _read_header(ref: InstanceRef) -> tuple[Dataset, int | None]:
     except Exception as exc:  # a stored file that no longer parses fails its job with the reason
         raise ImagingError(f"instance {ref.sop_instance_uid}: cannot read header: {type(exc).__name__}") from exc
 
-
-def _slice_order(ds: Dataset) -> tuple[float, int]:
-    position = ds.get("ImagePositionPatient")
-    z = float(position[2]) if position is not None and len(position) == 3 else 0.0
-    return (z, int(ds.get("InstanceNumber", 0) or 0))

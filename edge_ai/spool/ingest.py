@@ -25,7 +25,7 @@ from edge_ai.spool.store import Spool, write_all
 
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
 _GEOMETRY_TAGS = ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"]
-DEFAULT_MAX_INSTANCE_BYTES = 256 * 1024**2
+DEFAULT_MAX_INSTANCE_BYTES = 1024**3  # as config storage.max_instance_bytes
 
 
 @dataclass(frozen=True)
