@@ -203,7 +203,7 @@ class AtnaSender:
                 self.log.exception("atna_message_failed", seq=entry.get("seq"), audit_event=entry.get("event"))
                 xml = None
             if xml is not None:
-                when = _epoch(str(entry.get("time", "")))
+                when = epoch(str(entry.get("time", "")))
                 self._pending.append((int(entry["seq"]), when, frame(entry, xml, self.ctx.hostname)))
             self._scanned = int(entry["seq"])
 
@@ -298,7 +298,7 @@ def _alive(sock: ssl.SSLSocket) -> bool:
         sock.settimeout(timeout)
 
 
-def _epoch(iso: str) -> float:
+def epoch(iso: str) -> float:
     try:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     except ValueError:

@@ -84,6 +84,7 @@ class AuditLog:
             self._flusher = threading.Thread(target=self._flush_loop, name="audit-fsync", daemon=True)
             self._flusher.start()
         self._wake_maintenance = threading.Event()
+        self._maintaining = threading.Lock()
         self._maintenance: threading.Thread | None = None
         if segment_bytes or retention_days:
             self._maintenance = threading.Thread(target=self._maintenance_loop, name="audit-rotate", daemon=True)
@@ -216,6 +217,10 @@ class AuditLog:
 
     def maintain(self, now: float | None = None) -> list[str]:
         """Compress closed plain segments, then delete (audited) those past retention; returns deleted names."""
+        with self._maintaining:
+            return self._maintain(now)
+
+    def _maintain(self, now: float | None) -> list[str]:
         for seg in segs.closed_segments(self.path):
             if seg.path.suffix != ".gz" and not self._closing:
                 segs.compress(seg.path)
@@ -224,9 +229,13 @@ class AuditLog:
         deleted: list[str] = []
         closed = segs.closed_segments(self.path)
         now = time.time() if now is None else now
-        for seg, nxt in zip(closed, [*closed[1:], None], strict=True):
-            link = segs.first_entry(nxt.path if nxt is not None else self.path) or {}
-            if link.get("event") != SEGMENT_EVENT:
+        for seg in closed:
+            # the next segment's first line says when this one ended; listed afresh, as the audit lines
+            # written here may rotate the active segment meanwhile
+            later = [s for s in segs.all_segments(self.path) if s.first_seq > seg.first_seq]
+            link = segs.first_entry(later[0].path) or {} if later else {}
+            if link.get("event") != SEGMENT_EVENT or not str(link.get("closed")).startswith(
+                    seg.name.removesuffix(".gz")):
                 break
             ended = datetime.fromisoformat(str(link["last_time"]).replace("Z", "+00:00")).timestamp()
             if now - ended < self._retention_s:
