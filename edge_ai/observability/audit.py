@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,9 +90,16 @@ class AuditLog:
         if segment_bytes or retention_days:
             self._maintenance = threading.Thread(target=self._maintenance_loop, name="audit-rotate", daemon=True)
             self._maintenance.start()
-        if self._key is not None and self._unsealed:
-            with self._lock:  # lines left unsealed by a crash are sealed before anything new
-                self._seal("start")
+        self._unpublished: deque[Seal] = deque()
+        self._seal_wake = threading.Event()
+        self._publishing = threading.Lock()
+        self._sealer: threading.Thread | None = None
+        if self._key is not None:
+            self._sealer = threading.Thread(target=self._seal_loop, name="audit-seal", daemon=True)
+            self._sealer.start()
+            if self._unsealed:
+                with self._lock:  # lines left unsealed by a crash are sealed before anything new
+                    self._seal("start")
 
     @property
     def head(self) -> tuple[int, str]:
@@ -155,11 +163,35 @@ class AuditLog:
         offset = self._write(SEAL_EVENT, {"sealed_seq": sealed_seq, "sealed_hash": sealed_hash,
                                           "key_id": key_id(self._key), "reason": reason,
                                           "hmac": seal_mac(self._key, sealed_seq, sealed_hash)})
-        os.fsync(self._fd)  # the outside record must never be ahead of the durable log
-        if self._seals is not None:
-            self._seals.add(Seal(self._seq, self._prev, self._first_seq, offset))
-        if self._on_seal is not None:
-            self._on_seal(self._seq, self._prev)
+        # recorded outside the log by the audit-seal thread, after an fsync: never ahead of the durable
+        # log, and the SQLite commit stays off the caller's path (a C-STORE answer)
+        self._unpublished.append(Seal(self._seq, self._prev, self._first_seq, offset))
+        self._seal_wake.set()
+
+    def _seal_loop(self) -> None:
+        while not self._closing:
+            self._seal_wake.wait()
+            self._seal_wake.clear()
+            try:
+                self._publish()
+            except Exception:  # noqa: S112 (the SQLite file unwritable: tried again at the next seal)
+                continue
+
+    def _publish(self) -> None:
+        with self._publishing:
+            if not self._unpublished:
+                return
+            fd = self._fd
+            if fd >= 0:
+                with contextlib.suppress(OSError):  # closed by a rotation, which fsync'd it
+                    os.fsync(fd)
+            while self._unpublished:
+                seal = self._unpublished[0]
+                if self._seals is not None:
+                    self._seals.add(seal)
+                if self._on_seal is not None:
+                    self._on_seal(seal.seq, seal.hash)
+                self._unpublished.popleft()
 
     def _rotate(self) -> None:
         """Close the active segment with a seal; the next one starts from its last hash. Lock held."""
@@ -268,8 +300,12 @@ class AuditLog:
                 if self._key is not None and self._unsealed:
                     self._seal("stop")
                 os.fsync(self._fd)
+                self._publish()
                 os.close(self._fd)
                 self._fd = -1
+        self._seal_wake.set()
+        if self._sealer is not None:
+            self._sealer.join(timeout=5)
 
 
 def _tail(path: Path) -> tuple[int, str, int, int]:
