@@ -208,3 +208,36 @@ def test_generated_key_is_private_and_stable(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600 and len(key) == 64
     assert load_key(None, tmp_path) == key
     assert hashlib.sha256(key).hexdigest() not in path.read_text()
+
+
+def test_node_start_checks_the_log_and_audits_a_failure(tmp_path: Path) -> None:
+    """A log cut back while the node was down is found at the next start and audited as
+    audit.verify_failed (which goes to the repository as a Security Alert)."""
+    from edge_ai.config import Config
+    from edge_ai.observability.audit_trail import AuditTrail
+
+    class Log:
+        def __init__(self) -> None:
+            self.lines: list[tuple[str, dict[str, Any]]] = []
+
+        def info(self, event: str, **kw: Any) -> None:
+            self.lines.append((event, kw))
+
+        error = warning = info
+
+    cfg = Config.model_validate({"storage": {"root": str(tmp_path)}, "audit": {"seal_every": 5}})
+    log = Log()
+    trail = AuditTrail(cfg, log)
+    assert trail.start().ok
+    for i in range(12):
+        trail.record("instance.stored", sop_instance_uid=f"1.2.{i}")
+    trail.close()
+    assert any(e == "audit_sealed" for e, _ in log.lines)  # the journal's copy of each seal
+    rows = cfg.audit_path.read_bytes().splitlines(keepends=True)
+    cfg.audit_path.write_bytes(b"".join(rows[:-4]))
+    trail = AuditTrail(cfg, log)
+    result = trail.start()
+    trail.close()
+    assert not result.ok and "cut back" in result.reason
+    failed = [e for e in entries(cfg.audit_path) if e["event"] == "audit.verify_failed"]
+    assert failed and "cut back" in failed[0]["reason"]
