@@ -172,8 +172,11 @@ def _audit_verify(path: Path | None, fast: bool) -> int:
         print(f"{cfg.audit_path}: intact ({result.mode}: {result.lines} lines, {result.seals} seals verified, "
               f"{result.unsealed} lines after the last seal)")
         return EXIT_OK
-    where = f"{result.segment or cfg.audit_path.name} line {result.bad_line}" if result.bad_line else \
-        (result.segment or "log")
+    where = result.segment or "log"
+    if result.bad_line:
+        where += f" line {result.bad_line}"
+    if result.bad_seq:
+        where += f" (seq {result.bad_seq})"
     print(f"{cfg.audit_path}: broken at {where}: {result.reason}")
     return EXIT_FAIL
 

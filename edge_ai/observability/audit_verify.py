@@ -24,12 +24,13 @@ from edge_ai.observability.audit_seals import Seal, SealStore, key_id, mac_ok
 class VerifyResult:
     ok: bool
     lines: int  # lines checked
-    bad_line: int | None = None  # 1-based line number within `segment`
+    bad_line: int | None = None  # 1-based line number within `segment` (None in a fast pass)
     reason: str = ""
     segment: str = ""
     seals: int = 0  # seals whose HMAC was checked
     unsealed: int = 0  # lines after the last seal
     mode: str = "full"
+    bad_seq: int | None = None  # the seq of the line where it broke, when known
 
 
 class _Broken(Exception):
@@ -53,6 +54,7 @@ class _Walk:
     start_segment: str = ""
     seen_newest: bool = False
     retained: set[tuple[int, str]] = field(default_factory=set)
+    current: int | None = None  # seq of the line being checked
 
     def segment(self, seg: segs.Segment, offset: int = 0, first_line: int = 1) -> None:
         """Check the lines of one segment from `offset` (line number `first_line` there)."""
@@ -70,7 +72,9 @@ class _Walk:
             claimed = str(entry.pop("hash"))
             seq = int(entry["seq"])
         except (ValueError, KeyError, AttributeError, TypeError):
+            self.current = None if self.expected is None else self.expected
             raise _Broken("not a JSON audit line", segment, number) from None
+        self.current = seq
         if self.prev is None:
             self.prev, self.expected = str(entry.get("prev")), seq
             self.start, self.start_segment = (seq, self.prev), segment
@@ -133,7 +137,9 @@ def verify(path: Path, key: bytes | None = None, seals: SealStore | None = None,
                 walk.segment(seg)
             _ends(walk)
     except _Broken as exc:
-        return VerifyResult(False, walk.lines, exc.line, exc.reason, exc.segment, walk.seals, mode=mode)
+        line = exc.line if mode == "full" else None
+        return VerifyResult(False, walk.lines, line, exc.reason, exc.segment, walk.seals, mode=mode,
+                            bad_seq=walk.current if exc.line else None)
     except OSError as exc:
         return VerifyResult(False, walk.lines, None, f"cannot read: {exc}", mode=mode)
     return walk.result(mode)
