@@ -145,7 +145,7 @@ class AtnaSender:
         self._thread = threading.Thread(target=self._run, name="atna-sender", daemon=True)
         self._thread.start()
 
-    def stop(self, budget_s: float = 2.0) -> None:
+    def stop(self, budget_s: float = 1.5) -> None:
         """Send what is left while the repository answers, within `budget_s`; the rest waits in the log."""
         self._stop.set()
         self._wake.set()
@@ -175,6 +175,8 @@ class AtnaSender:
             self._wake.clear()
 
     def _drain(self, deadline: float) -> None:
+        if self._sock is None:  # the repository is away: the rest goes at the next start, from the log
+            return
         while time.monotonic() < deadline:
             try:
                 self._step()
@@ -257,7 +259,7 @@ class AtnaSender:
             self._lost("the repository closed the connection")
             return None
         try:
-            raw = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
+            raw = socket.create_connection((self.cfg.host, self.cfg.port), timeout=3)
             self._sock = self._context.wrap_socket(raw, server_hostname=self.cfg.host)
             self._sock.settimeout(30)
         except (OSError, ssl.SSLError) as exc:

@@ -121,8 +121,9 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 raise OSError(9, "audit log is closed")
+            # room for this line, a periodic seal after it and the closing seal of a later rotation
             if self._segment_bytes and self._size and (
-                    self._size + len(_canonical(kept)) + 300 + _SEAL_ROOM > self._segment_bytes):
+                    self._size + len(_canonical(kept)) + 300 + 2 * _SEAL_ROOM > self._segment_bytes):
                 self._rotate()
             self._write(event, kept)
             if self._key is not None and self._unsealed >= self._seal_every:

@@ -7,11 +7,13 @@ One object so the composition root wires one thing: `record` is what every compo
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edge_ai.config import Config, DicomDestination, FolderDestination
+from edge_ai.errors import ConfigError
 from edge_ai.observability.atna import Context
 from edge_ai.observability.atna_sender import AtnaSender
 from edge_ai.observability.audit import AuditLog
@@ -35,8 +37,12 @@ class AuditTrail:
             on_seal=self._sealed, segment_bytes=a.segment_bytes, retention_days=a.retention_days,
             on_append=self._appended)
         if a.atna is not None:
-            self.sender = AtnaSender(a.atna, cfg.audit_path, self.store, _context(cfg),
-                                     lambda: self.log_file.head[0], log, on_lag)
+            try:
+                self.sender = AtnaSender(a.atna, cfg.audit_path, self.store, _context(cfg),
+                                         lambda: self.log_file.head[0], log, on_lag)
+            except (OSError, ssl.SSLError) as exc:
+                self.log_file.close()
+                raise ConfigError(f"audit.atna.tls: cannot load: {exc}") from exc
 
     def record(self, event: str, **fields: Any) -> None:
         self.log_file.record(event, **fields)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from atna_peer import SCHEMA, Rsyslog, event_id
 from conftest import needs_dcmtk
 from peers import echo_ok, make_pki, storescu, wait_for
@@ -29,6 +31,14 @@ def _files(tmp_path: Path, seed: int, slices: int = 8) -> list[Path]:
         paths.append(folder / f"{i:03d}.dcm")
         phantoms.write_dataset(ds, paths[-1])
     return paths
+
+
+def _metric(port: int, name: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
 
 
 def _verify(node: Any, *extra: str) -> Any:
@@ -104,6 +114,9 @@ def test_node_sends_its_audit_messages_to_the_repository(node_factory: Any, tmp_
         assert storescu(node.port, _files(tmp_path, 2, slices=3)).returncode == 0
         got = wait_for(lambda: [m for m in arr.messages() if event_id(m) == "DICOM Instances Transferred"], 30)
         assert len(got) >= 3
+        port = yaml.safe_load(node.config_path.read_text())["metrics"]["port"]
+        scrape = wait_for(lambda: _metric(port, "edge_ai_atna_queued_messages") == 0.0, 10)
+        assert scrape, _metric(port, "edge_ai_atna_queued_messages")
         assert node.stop() == 0
         msgs = arr.wait(5)
         ids = [event_id(m) for m in msgs]
