@@ -78,9 +78,13 @@ class LogReader:
                 if seg.first_seq == self._segment_first:
                     return seg
         self._offset = 0
-        candidates = [s for s in segs.all_segments(self.active) if s.first_seq and s.first_seq <= want]
+        present = [s for s in segs.all_segments(self.active) if s.first_seq]
+        candidates = [s for s in present if s.first_seq <= want]
         if not candidates:
-            return None
+            if not present:
+                return None
+            candidates = present[:1]  # lines after the cursor are gone (retention): go on from the oldest
+            self.seq = present[0].first_seq - 1
         self._segment_first = candidates[-1].first_seq
         return candidates[-1]
 
@@ -122,7 +126,7 @@ class AtnaSender:
         self.cfg, self.store, self.ctx, self.head, self.log, self.on_lag = cfg, store, ctx, head, log, on_lag
         self.confirm_s = confirm_s
         cursor = store.atna_cursor()
-        if cursor is None:  # first time with ATNA: from now on, not the node's whole history
+        if cursor is None or cursor > head():  # first time with ATNA (or a new log): from now on
             cursor = head()
             store.set_atna_cursor(cursor)
         self.reader = LogReader(audit_path, cursor)
