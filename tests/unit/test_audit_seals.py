@@ -247,7 +247,7 @@ def test_atna_reader_follows_the_log_across_rotation_and_compression(tmp_path: P
     """The ATNA sender's reader sees every line once, in order, while segments rotate and compress under it."""
     from edge_ai.observability.atna_sender import LogReader
 
-    path, store, log = sealed_log(tmp_path, 40, segment_bytes=8192, close=False)
+    path, _, log = sealed_log(tmp_path, 40, segment_bytes=8192, close=False)
     reader = LogReader(path, 0)
     seen = [e["seq"] for e in reader.read(25)]
     for i in range(200):  # several rotations while the reader sits in what was the active segment
