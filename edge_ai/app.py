@@ -20,7 +20,7 @@ from edge_ai.grouping.completion import Completion
 from edge_ai.inference.engine import load_engine, self_test
 from edge_ai.inference.package import load_package
 from edge_ai.observability import logging as obs_logging
-from edge_ai.observability.audit import AuditLog
+from edge_ai.observability.audit_trail import AuditTrail
 from edge_ai.observability.drift import DriftMonitor
 from edge_ai.observability.metrics import Metrics
 from edge_ai.outbox.deliveries import Delivery
@@ -101,8 +101,9 @@ class App:
         self._reload = threading.Event()
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
-        self.audit_log = AuditLog(cfg.audit_path, cfg.audit.fsync_interval_ms / 1000)
         self.metrics = Metrics(lambda: self.stores.jobs.counts(), root, lambda: self.drift.scores())
+        self.audit_trail = AuditTrail(cfg, self.log, on_lag=self.metrics.observe_atna)
+        self.audit_log = self.audit_trail.log_file
         self.metrics_port: int | None = None
         self.audit = self._audited
         self.spool = Spool(root / "spool")
@@ -240,6 +241,7 @@ class App:
         self.request_stop()
 
     def start(self) -> None:
+        self.audit_trail.start()
         self.audit("node.start", version=__version__, ae_title=self.cfg.node.ae_title,
                    port=self.cfg.node.port, pid=_pid())
         self.audit("config.loaded", path=str(self.cfg.source or ""), sha256=self.cfg.sha256)
@@ -328,7 +330,7 @@ class App:
         self._write_status()
         self.audit("node.stop", pid=_pid())
         self.stores.close()
-        self.audit_log.close()
+        self.audit_trail.close()
         return 0
 
     def _drain_associations(self, until: float) -> None:

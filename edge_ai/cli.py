@@ -27,7 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("check-config", help="validate the config and every model it names"))
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    with_config(audit_sub.add_parser("verify", help="check the audit log's hash chain"))
+    verify = audit_sub.add_parser("verify", help="check the audit log's hash chain, seals and segments")
+    verify.add_argument("--fast", action="store_true",
+                        help="check from the newest recorded seal only (default: every line of every segment)")
+    with_config(verify)
     model = sub.add_parser("model", help="model package tools")
     model_sub = model.add_subparsers(dest="model_command", required=True)
     validate = model_sub.add_parser("validate", help="check a package's hash and run its self-test")
@@ -64,7 +67,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "audit":
-        return _audit_verify(args.config)
+        return _audit_verify(args.config, args.fast)
     if args.command == "model" and args.model_command == "validate":
         return _model_validate(args.path, args.runtime)
     if args.command == "model" and args.model_command == "build-engine":
@@ -90,6 +93,7 @@ def _check_config(path: Path | None) -> int:
 
     cfg = _load(path)
     _check_tls(cfg)
+    _check_audit(cfg)
     served, checks = load_models(cfg)
     for c in checks:
         mark = "ok" if c.ok else "FAILED"
@@ -131,15 +135,48 @@ def _check_tls(cfg: config_mod.Config) -> None:
                 raise ConfigError(f"destinations[{dest.name}].tls: cannot load: {exc}") from exc
 
 
-def _audit_verify(path: Path | None) -> int:
-    from edge_ai.observability.audit import verify
+def _check_audit(cfg: config_mod.Config) -> None:
+    """The seal key (when configured: it is never made for a named file) and the ATNA TLS files.
+
+    Raises:
+        ConfigError: naming audit.seal_key_file or audit.atna.tls.
+    """
+    import ssl
+
+    from edge_ai.observability.atna_sender import client_context
+    from edge_ai.observability.audit_seals import load_key
+
+    if cfg.audit.seal_key_file is not None:
+        load_key(cfg.audit.seal_key_file, cfg.storage.root, create=False)
+    if cfg.audit.atna is not None:
+        try:
+            client_context(cfg.audit.atna)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"audit.atna.tls: cannot load: {exc}") from exc
+
+
+def _audit_verify(path: Path | None, fast: bool) -> int:
+    from edge_ai.observability.audit_seals import load_key, open_readonly
+    from edge_ai.observability.audit_trail import seals_path
+    from edge_ai.observability.audit_verify import verify
 
     cfg = _load(path)
-    result = verify(cfg.audit_path)
+    key = load_key(cfg.audit.seal_key_file, cfg.storage.root, create=False)
+    store = open_readonly(seals_path(cfg))
+    try:
+        result = verify(cfg.audit_path, key, store, fast=fast)
+    finally:
+        if store is not None:
+            store.close()
     if result.ok:
-        print(f"{cfg.audit_path}: intact ({result.lines} lines)")
+        print(f"{cfg.audit_path}: intact ({result.mode}: {result.lines} lines, {result.seals} seals verified, "
+              f"{result.unsealed} lines after the last seal)")
         return EXIT_OK
-    where = f"line {result.bad_line}" if result.bad_line else "file"
+    where = result.segment or "log"
+    if result.bad_line:
+        where += f" line {result.bad_line}"
+    if result.bad_seq:
+        where += f" (seq {result.bad_seq})"
     print(f"{cfg.audit_path}: broken at {where}: {result.reason}")
     return EXIT_FAIL
 
@@ -211,4 +248,7 @@ def _status(path: Path | None) -> int:
         print("models: no status snapshot (the node has not run with this config)")
     else:
         print("\n".join(node_status.render_models(snapshot)))
+    from edge_ai.observability.audit_status import render
+
+    print("\n".join(render(cfg)))
     return EXIT_OK

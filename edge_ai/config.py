@@ -198,10 +198,35 @@ class DicomDestination(_Section):
 Destination = Annotated[FolderDestination | DicomDestination, Field(discriminator="type")]
 
 
+class AtnaTLS(_Section):
+    ca_certificates: Path | None = None  # unset: the system's trusted CAs
+    certificate: Path | None = None  # with private_key: mutual TLS
+    private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> AtnaTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (mutual TLS) or not at all")
+        return self
+
+
+class Atna(_Section):
+    """The hospital's Audit Record Repository: syslog over TLS (RFC 5425)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(6514, ge=1, le=65535)
+    tls: AtnaTLS = AtnaTLS()
+
+
 class Audit(_Section):
     path: Path | None = None  # default: <storage.root>/audit/audit.jsonl
     # 0: fsync every line before going on; above 0: fsync in groups within this many milliseconds
     fsync_interval_ms: int = Field(20, ge=0, le=1000)
+    seal_key_file: Path | None = None  # unset: <storage.root>/keys/audit-seal.key, made at first start
+    seal_every: int = Field(100, ge=1, le=1_000_000)
+    segment_bytes: int = Field(64 * 1024**2, ge=4096, le=16 * 1024**3)
+    retention_days: float = Field(2190, gt=0, le=36500)
+    atna: Atna | None = None
 
 
 class Metrics(_Section):
@@ -321,6 +346,13 @@ def _resolved(cfg: Config, base: Path) -> Config:
 
     cfg.storage.root = rel(cfg.storage.root)
     cfg.audit.path = rel(cfg.audit.path) if cfg.audit.path else cfg.storage.root / "audit" / "audit.jsonl"
+    if cfg.audit.seal_key_file is not None:
+        cfg.audit.seal_key_file = rel(cfg.audit.seal_key_file)
+    if cfg.audit.atna is not None:
+        for attr in ("certificate", "private_key", "ca_certificates"):
+            value = getattr(cfg.audit.atna.tls, attr)
+            if value is not None:
+                setattr(cfg.audit.atna.tls, attr, rel(value))
     for tls in [cfg.node.tls] + [d.tls for d in cfg.destinations or [] if isinstance(d, DicomDestination)]:
         for attr in ("certificate", "private_key", "ca_certificates"):
             value = getattr(tls, attr)

@@ -167,6 +167,10 @@ class Metrics:
         Gauge("edge_ai_build_info", "edge_ai version (value 1)", ["version"], registry=r).labels(
             __version__
         ).set(1)
+        self.atna_queued = Gauge("edge_ai_atna_queued_messages",
+                                 "Audit messages waiting for the Audit Record Repository (IHE ATNA)", registry=r)
+        self.atna_oldest = Gauge("edge_ai_atna_oldest_queued_seconds",
+                                 "Age of the oldest audit message waiting for the repository (0: none)", registry=r)
         for outcome in ("stored", "duplicate", "rejected"):
             self.instances.labels(outcome)
         for outcome in ("accepted", "rejected", "released", "aborted"):
@@ -188,6 +192,10 @@ class Metrics:
 
     def observe_error(self, stage: str, kind: str) -> None:
         self.errors.labels(stage, kind).inc()
+
+    def observe_atna(self, queued: int, oldest_s: float | None) -> None:
+        self.atna_queued.set(queued)
+        self.atna_oldest.set(oldest_s or 0.0)
 
     def observe_time_to_result(self, destination: str, seconds: float) -> None:
         self.time_to_result.labels(destination).observe(max(0.0, seconds))
