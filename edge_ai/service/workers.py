@@ -26,7 +26,7 @@ from edge_ai.grouping.routing import RouteDecision, route
 from edge_ai.imaging import pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
-from edge_ai.inference.package import Preprocessing
+from edge_ai.inference.package import ModelPackage, Preprocessing
 from edge_ai.inference.threads import limit_blas_threads
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
 from edge_ai.spool.queue import Job, Queue, ReportRow
@@ -63,6 +63,9 @@ class Pipeline:
         on_stage: Callable[[str, float], None] = lambda stage, seconds: None,
         on_tensor: Callable[[str, np.ndarray], None] = lambda model, tensor: None,
         on_error: Callable[[str, str], None] = lambda stage, kind: None,
+        shadows: dict[str, Served] | None = None,
+        on_inferred: Callable[[Job, ModelPackage, int], None] = lambda job, pkg, images: None,
+        on_shadow: Callable[[str, bool], None] = lambda model, agree: None,
     ) -> None:
         self.queue = queue
         self.spool = spool
@@ -75,6 +78,9 @@ class Pipeline:
         self.on_stage = on_stage
         self.on_tensor = on_tensor  # every preprocessed image, for the drift monitor
         self.on_error = on_error  # (stage, kind) of every failed job, for the metrics
+        self.shadows = shadows or {}  # live model name -> its shadow version: run, audited, never delivered
+        self.on_inferred = on_inferred  # (job, package, images) after each live inference: per-job drift
+        self.on_shadow = on_shadow  # (model, shadow agreed with live) for the shadow agreement metric
         limit_blas_threads(1)  # numpy's resize products: 8-10 ms -> 1.1 ms per CT slice (inference/threads.py)
         warm_up()  # highdicom's IOD tables: loaded at start, not in the first job's time-to-result
 
@@ -138,6 +144,10 @@ class Pipeline:
             runtime=engine.runtime, instances=len(pairs), duration_s=round(duration, 4),
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
+        self.on_inferred(job, pkg, len(pairs))
+        shadow = self.shadows.get(pkg.name)
+        if shadow is not None:
+            self._run_shadow(job, shadow, pairs, result)
         previous = self.queue.previous_report(job.series_id, pkg.name, job.id)
         predecessor = (
             Predecessor(sop_instance_uid=previous[0], series_instance_uid=previous[1],
@@ -163,7 +173,29 @@ class Pipeline:
             path=str(path), positive=result.positive, probability=result.probability,
         )
 
-    def _infer(self, engine: Engine, pairs: Sequence[_Source]) -> InferenceResult:
+    def _run_shadow(self, job: Job, shadow: Served, pairs: Sequence[_Source], live: InferenceResult) -> None:
+        """The shadow version on the same instances (re-read and preprocessed by its own spec, not fed
+        to the drift monitor); its result is audited and compared with the live one, never reported."""
+        pkg = shadow.engine.package
+        started = time.monotonic()
+        fields: dict[str, Any] = {"job": job.id, "series_uid": job.series_uid, "model": pkg.name,
+                                  "version": pkg.version, "live_version": live.model_version,
+                                  "runtime": shadow.engine.runtime, "instances": len(pairs),
+                                  "live_outcome": "positive" if live.positive else "negative",
+                                  "live_probability": round(live.probability, 4)}
+        try:
+            result = self._infer(shadow.engine, pairs, observe=False)
+        except Exception as exc:  # a shadow never fails the live job
+            self.audit("shadow.inference", **fields, outcome="error", reason=f"{type(exc).__name__}: {exc}",
+                       duration_s=round(time.monotonic() - started, 4))
+            return
+        agree = result.positive == live.positive
+        self.audit("shadow.inference", **fields, outcome="positive" if result.positive else "negative",
+                   probability=round(result.probability, 4), agree=agree,
+                   duration_s=round(time.monotonic() - started, 4))
+        self.on_shadow(pkg.name, agree)
+
+    def _infer(self, engine: Engine, pairs: Sequence[_Source], observe: bool = True) -> InferenceResult:
         pkg = engine.package
         if not pairs:
             raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
@@ -183,7 +215,7 @@ class Pipeline:
                     ahead = batches[index + len(pending)]
                     pending.append([pool.submit(_tensor, p, pkg.preprocessing) for p in ahead])
                 batch = [f.result() for f in pending.popleft()]
-                for tensor in batch:
+                for tensor in batch if observe else ():
                     self.on_tensor(pkg.name, tensor)
                 out = engine.run(pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch))))
                 probs.append(out.probability[: len(batch_sources)])
