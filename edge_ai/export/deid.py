@@ -34,7 +34,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 KEY_BYTES = 32
-METHOD = "PS3.15 E.1 Basic Profile; Retain Long. Modified Dates; HMAC pseudonyms"
+METHOD = "PS3.15 Basic Profile; Rtn. Long. Modif. Dates; HMAC pseudonyms"
 METHOD_CODES = (
     ("113100", "Basic Application Confidentiality Profile"),
     ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),

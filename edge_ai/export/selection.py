@@ -52,7 +52,7 @@ def select(db_path: Path, reasons: set[str], since: float | None, until: float |
             if has_drift else "0",
             "all": "1",
         }
-        columns = ", ".join(f"({matched[r]}) AS {r}" for r in REASONS)
+        columns = ", ".join(f"({matched[r]}) AS reason_{r}" for r in REASONS)
         rows = db.execute(
             f"SELECT j.id, j.series_id, s.series_uid, s.study_uid, s.modality, j.state, j.created_at, {columns}"  # noqa: S608
             " FROM jobs j JOIN series s ON s.id = j.series_id"
