@@ -19,7 +19,7 @@ from pydicom.sequence import Sequence
 from edge_ai import phantoms
 from edge_ai.config import MODELS_DIR
 
-pytestmark = [needs_dcmtk]
+pytestmark = [needs_dcmtk, pytest.mark.slow]
 
 # DICOM PS3.15 Table E.1-1 (Application Level Confidentiality Profile Attributes), the rows a CT/DX
 # image typically carries: keyword, Basic Profile action, Rtn. Long. Modif. Dates Opt. ("C" or "").
