@@ -45,7 +45,7 @@ def test_install_promote_rollback(tmp_path: Path) -> None:
     assert store.rollback(NAME)[0] == "2.0.0" and store.state(NAME).live is None  # the configured package
     with pytest.raises(UnknownVersion, match="no earlier live version"):
         store.rollback(NAME)
-    with pytest.raises(UnknownVersion, match="no kept version '9.9.9'"):
+    with pytest.raises(UnknownVersion, match=r"no kept version '9\.9\.9'"):
         store.promote(NAME, "9.9.9")
     assert sorted(p.name for p in (tmp_path / "models" / NAME).iterdir() if not p.name.startswith(".")) == [
         "2.0.0", "3.0.0", "state.json"]
@@ -55,7 +55,7 @@ def test_same_version_with_another_model_is_refused(tmp_path: Path) -> None:
     """One version never names two different models: a second 2.0.0 with another model.onnx is refused."""
     store = ModelStore(tmp_path / "models")
     store.install(_version(tmp_path, "2.0.0"), shadow=False)
-    with pytest.raises(ModelError, match="already kept with another model.onnx"):
+    with pytest.raises(ModelError, match=r"already kept with another model\.onnx"):
         store.install(_version(tmp_path, "2.0.0", onnx_from=MODELS_DIR / "demo_ct"), shadow=False)
     store.install(tmp_path / "pkg-2.0.0-same", shadow=False)  # the same package again: nothing changes
     assert store.state(NAME).history == [None]
@@ -64,8 +64,9 @@ def test_same_version_with_another_model_is_refused(tmp_path: Path) -> None:
 def test_cli_exit_codes(tmp_path: Path) -> None:
     """`edge-ai model` answers 1 with a message for an invalid package, an unknown version or nothing to roll back."""
     config = tmp_path / "edge-ai.yaml"
-    config.write_text(yaml.safe_dump({"storage": {"root": "var"}, "models": [{"path": str(MODELS_DIR / "demo_chest_xr")}],
-                                      "routing": [{"name": "c", "match": {"Modality": ["DX"]}, "model": NAME}]}))
+    config.write_text(yaml.safe_dump({
+        "storage": {"root": "var"}, "models": [{"path": str(MODELS_DIR / "demo_chest_xr")}],
+        "routing": [{"name": "c", "match": {"Modality": ["DX"]}, "model": NAME}]}))
     broken = _version(tmp_path, "4.0.0")
     (broken / "model.onnx").write_bytes(b"tampered")
 
