@@ -77,6 +77,10 @@ def drain(root: Path, record: Callable[..., None]) -> int:
         except (OSError, ValueError, KeyError, TypeError):
             path.rename(path.with_suffix(".bad"))  # kept for a person to read; never recorded twice
             continue
-        record(event, **fields)
+        try:
+            record(event, **fields)
+        except ValueError:  # a field the chain reserves: never recordable, so never retried
+            path.rename(path.with_suffix(".bad"))
+            continue
         path.unlink(missing_ok=True)
     return len(names)
