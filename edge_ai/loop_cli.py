@@ -129,14 +129,16 @@ def _model(args: argparse.Namespace) -> int:
             name = pkg.name
         elif args.model_command == "promote":
             state = store.promote(args.name, args.version)
+            previous = state.history[-1] if state.history else None
             pending.submit(root, audit_path, "model.promoted", model=args.name, version=args.version,
-                           previous=state.history[-1] if state.history else None)
+                           previous=previous or _configured(cfg, args.name))
             print(f"{args.name} {args.version}: live")
             name = args.name
         else:
             was, state = store.rollback(args.name)
-            pending.submit(root, audit_path, "model.rolled_back", model=args.name, from_version=was,
-                           to_version=state.live)
+            pending.submit(root, audit_path, "model.rolled_back", model=args.name,
+                           from_version=was or _configured(cfg, args.name),
+                           to_version=state.live or _configured(cfg, args.name))
             print(f"{args.name}: rolled back from {was} to {state.live or 'the configured package'}")
             name = args.name
     except ModelError as exc:
@@ -184,6 +186,20 @@ def _list(cfg: config_mod.Config, store: object) -> int:
                                      ("previous", bool(state.history) and state.history[-1] == version)) if on]
             print(f"{name} {version}: {', '.join(marks) or 'kept'}")
     return EXIT_OK
+
+
+def _configured(cfg: config_mod.Config, name: str) -> str:
+    """How the audit names the configured package of `name` (the version the node falls back to)."""
+    from edge_ai.inference.package import load_package
+
+    for ref in cfg.models or []:
+        try:
+            pkg = load_package(ref.path, verify_hash=False)
+        except ModelError:
+            continue
+        if pkg.name == name:
+            return f"{pkg.version} (configured package)"
+    return "(configured package)"
 
 
 def _signal_node(root: Path, name: str) -> None:

@@ -29,6 +29,7 @@ from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.inference.package import ModelPackage, Preprocessing
 from edge_ai.inference.threads import limit_blas_threads
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
+from edge_ai.service.shadow import Beside, same_input
 from edge_ai.spool.queue import Job, Queue, ReportRow
 from edge_ai.spool.store import Spool
 
@@ -136,8 +137,10 @@ class Pipeline:
             if str(h.SOPClassUID) not in NOT_INFERRED
         ]
         pairs.sort(key=lambda p: _slice_order(p.header))
-        result = self._infer(engine, pairs)
-        duration = time.monotonic() - started
+        shadow = self.shadows.get(pkg.name)
+        beside = Beside(shadow.engine) if shadow is not None and same_input(shadow.engine.package, pkg) else None
+        result = self._infer(engine, pairs, beside=beside)
+        duration = time.monotonic() - started - (beside.seconds if beside is not None else 0.0)
         self.on_stage("inference", duration)
         self.audit(
             "inference", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
@@ -145,9 +148,8 @@ class Pipeline:
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
         self.on_inferred(job, pkg, len(pairs))
-        shadow = self.shadows.get(pkg.name)
         if shadow is not None:
-            self._run_shadow(job, shadow, pairs, result)
+            self._run_shadow(job, shadow, pairs, result, beside)
         previous = self.queue.previous_report(job.series_id, pkg.name, job.id)
         predecessor = (
             Predecessor(sop_instance_uid=previous[0], series_instance_uid=previous[1],
@@ -173,18 +175,21 @@ class Pipeline:
             path=str(path), positive=result.positive, probability=result.probability,
         )
 
-    def _run_shadow(self, job: Job, shadow: Served, pairs: Sequence[_Source], live: InferenceResult) -> None:
-        """The shadow version on the same instances (re-read and preprocessed by its own spec, not fed
-        to the drift monitor); its result is audited and compared with the live one, never reported."""
+    def _run_shadow(self, job: Job, shadow: Served, pairs: Sequence[_Source], live: InferenceResult,
+                    beside: Beside | None) -> None:
+        """The shadow version on the same instances: on the live run's own tensors where both take the
+        same input (`beside`), else re-read and preprocessed by its own spec (never fed to the drift
+        monitor). Its result is audited and compared with the live one, never reported."""
         pkg = shadow.engine.package
-        started = time.monotonic()
+        started = time.monotonic() - (beside.seconds if beside is not None else 0.0)
         fields: dict[str, Any] = {"job": job.id, "series_uid": job.series_uid, "model": pkg.name,
                                   "version": pkg.version, "live_version": live.model_version,
                                   "runtime": shadow.engine.runtime, "instances": len(pairs),
                                   "live_outcome": "positive" if live.positive else "negative",
                                   "live_probability": round(live.probability, 4)}
+        fields["shared_tensors"] = beside is not None
         try:
-            result = self._infer(shadow.engine, pairs, observe=False)
+            result = beside.result() if beside is not None else self._infer(shadow.engine, pairs, observe=False)
         except Exception as exc:  # a shadow never fails the live job
             self.audit("shadow.inference", **fields, outcome="error", reason=f"{type(exc).__name__}: {exc}",
                        duration_s=round(time.monotonic() - started, 4))
@@ -195,7 +200,8 @@ class Pipeline:
                    duration_s=round(time.monotonic() - started, 4))
         self.on_shadow(pkg.name, agree)
 
-    def _infer(self, engine: Engine, pairs: Sequence[_Source], observe: bool = True) -> InferenceResult:
+    def _infer(self, engine: Engine, pairs: Sequence[_Source], observe: bool = True,
+               beside: Beside | None = None) -> InferenceResult:
         pkg = engine.package
         if not pairs:
             raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
@@ -205,6 +211,8 @@ class Pipeline:
         probs, boxes = [], []
         started = time.monotonic()
         batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+        if beside is not None:
+            beside.infos = infos
         # Preprocessing runs on IMAGING_THREADS threads, at most the next PREFETCH_BATCHES batches ahead
         # of the engine, so memory stays flat whatever the series size. It is numpy and file reads on
         # the native path, which release the GIL (pydicom's decoder, which holds it, is the exception).
@@ -217,7 +225,10 @@ class Pipeline:
                 batch = [f.result() for f in pending.popleft()]
                 for tensor in batch if observe else ():
                     self.on_tensor(pkg.name, tensor)
-                out = engine.run(pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch))))
+                stacked = pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch)))
+                out = engine.run(stacked)
+                if beside is not None:
+                    beside.run(stacked, len(batch_sources))
                 probs.append(out.probability[: len(batch_sources)])
                 boxes.append(out.box[: len(batch_sources)])
         self.on_stage("imaging+inference", time.monotonic() - started)

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from conftest import needs_dcmtk
 from peers import NodeProcess, storescu, wait_for
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+from pynetdicom import AE
 
 from edge_ai import phantoms
 from edge_ai.config import MODELS_DIR
@@ -144,17 +146,29 @@ def test_drift_feedback_export_retrain_shadow_promote_rollback(tmp_path: Path) -
         shadow = [e for e in _events(node, "shadow.inference") if e["series_uid"] in trial]
         assert len(shadow) == 3 and {e["version"] for e in shadow} == {"1.0.1"}
         assert all(isinstance(e["agree"], bool) and e["live_version"] == "1.0.0" for e in shadow)
+        assert all(e["shared_tensors"] for e in shadow)  # same preprocessing: the live run's tensors, no re-read
+        assert wait_for(lambda: "shadow 1.0.1 on onnxruntime" in node.cli("status").stdout, 15)
         assert not [e for e in _events(node, "sr.created") if e["version"] == "1.0.1"]
         assert _metric(metrics_port, "edge_ai_shadow_agreement") is not None
         delivered = {e["sr_sop_instance_uid"] for e in _events(node, "sr.created")}
         assert {p.name.removesuffix(".dcm") for p in node.results.rglob("*.dcm")} == delivered
         assert {_algorithm_version(node, uid) for uid in (e["sr_sop_instance_uid"] for e in srs)} == {"1.0.0"}
 
-        # 5. promote on the running node: next SRs come from 1.0.1, no restart
+        # 5. promote on the running node while a modality's association is open: it carries on, next SRs
+        #    come from 1.0.1, no restart
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="EDGE_AI")
+        assert assoc.is_established
+        first, second = _shifted(400), _shifted(401)
+        assert assoc.send_c_store(first).Status == 0x0000
         reloads = len([e for e in _events(node, "config.loaded") if e.get("reload")])
         assert node.cli("model", "promote", MODEL, "1.0.1").returncode == 0
         assert wait_for(lambda: _reloaded(node, reloads), 30), node.log()[-2000:]
-        after = _send(node, tmp_path / "after", [_shifted(s) for s in range(400, 402)])
+        assert assoc.is_established and assoc.send_c_store(second).Status == 0x0000
+        assoc.release()
+        assert _events(node, "association.aborted") == []
+        after = [str(first.SeriesInstanceUID), str(second.SeriesInstanceUID)]
         srs = _srs_for(node, after)
         assert [e["version"] for e in srs] == ["1.0.1", "1.0.1"]
         assert {_algorithm_version(node, e["sr_sop_instance_uid"]) for e in srs} == {"1.0.1"}
@@ -173,6 +187,9 @@ def test_drift_feedback_export_retrain_shadow_promote_rollback(tmp_path: Path) -
         assert [e["event"] for e in node.audit_events() if e["event"].startswith("model.") and e["event"] in (
             "model.installed", "model.promoted", "model.rolled_back")] == [
             "model.installed", "model.promoted", "model.rolled_back"]
+        promoted, rolled_back = _events(node, "model.promoted")[0], _events(node, "model.rolled_back")[0]
+        assert (promoted["version"], promoted["previous"]) == ("1.0.1", "1.0.0 (configured package)")
+        assert (rolled_back["from_version"], rolled_back["to_version"]) == ("1.0.1", "1.0.0 (configured package)")
         assert len(_events(node, "node.start")) == 1 and node.proc is not None and node.proc.pid == pid
         assert node.proc.poll() is None
         assert node.cli("audit", "verify").returncode == 0
