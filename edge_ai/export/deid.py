@@ -46,6 +46,7 @@ MODIFIED_DATES = (
     "CurveTime", "PerformedProcedureStepStartDate", "PerformedProcedureStepEndDate",
     "PerformedProcedureStepStartTime", "PerformedProcedureStepEndTime", "InstanceCoercionDateTime",
     "StartAcquisitionDateTime", "EndAcquisitionDateTime", "FrameOriginTimestamp",
+    "InstanceCreationDate", "InstanceCreationTime",  # listed (X/D) since the 2024 editions of the table
 )
 _DATE_VRS = ("DA", "DT")
 _MAX_SHIFT_DAYS = 3650
