@@ -14,6 +14,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,systemd]'
 	touch $@
 
+# torch for scripts/retrain.py and its test (the `train` extra; never a runtime dependency): the pinned CPU build
+$(BIN)/.train: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test,systemd,train]'
+	touch $@
+
 # DCMTK (storescu/echoscu/storescp), GDCM (gdcmscu), Orthanc with its DICOMweb plugin (a real PACS and
 # sender) and dciodvfy are the tests' peers; Chromium drives the dashboard tests; rsyslog with gnutls is the
 # audit record repository; systemd provides systemd-analyze (tests/system/test_deploy.py); libsystemd-dev
@@ -33,7 +38,7 @@ $(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
 serve: $(BIN)/.installed
 	$(BIN)/edge-ai serve --config config/edge-ai.yaml
 
-test: system-deps $(BIN)/.installed $(JS)/node_modules/.installed
+test: system-deps $(BIN)/.installed $(BIN)/.train $(JS)/node_modules/.installed
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed

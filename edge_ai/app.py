@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -17,16 +16,20 @@ from edge_ai.dicom.scp import StorageSCP
 from edge_ai.domain import JobState
 from edge_ai.errors import ConfigError, ModelError
 from edge_ai.grouping.completion import Completion
-from edge_ai.inference.engine import load_engine, self_test
 from edge_ai.inference.package import load_package
 from edge_ai.observability import logging as obs_logging
+from edge_ai.observability import pending
+from edge_ai.observability.agreement import Agreement, Policy, ShadowAgreement
 from edge_ai.observability.audit_trail import AuditTrail
 from edge_ai.observability.drift import DriftMonitor
+from edge_ai.observability.drift_jobs import DriftJobs
 from edge_ai.observability.metrics import Metrics
 from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
+from edge_ai.service.model_loading import load_models, load_shadows
+from edge_ai.service.stores import FILENAME as STORES_FILE
 from edge_ai.service.stores import open_stores
 from edge_ai.service.systemd import Notifier
 from edge_ai.service.workers import Pipeline, Served
@@ -37,57 +40,6 @@ from edge_ai.spool.store import Spool
 _STOP_BUDGET_S = 8.0  # SIGTERM -> exit, leaving margin under systemd's 10 s
 _DRAIN_S = 4.0  # of which associations in progress may use this much
 _PURGE_INTERVAL_S = 3600.0  # spool retention runs at start and then hourly
-
-
-@dataclass(frozen=True)
-class ModelCheck:
-    name: str
-    path: str
-    ok: bool
-    detail: str
-    runtime: str = ""
-
-
-def load_models(
-    cfg: Config, audit: Any | None = None, log: Any | None = None
-) -> tuple[dict[str, Served], list[ModelCheck]]:
-    """Hash-check, load and self-test every configured model; only passing ones are served."""
-    served: dict[str, Served] = {}
-    checks: list[ModelCheck] = []
-    for ref in cfg.models or []:
-        name = ref.path.name
-        try:
-            pkg = load_package(ref.path)
-            name = pkg.name
-            engine = load_engine(pkg, ref.runtime, cfg.storage.root / "engines",
-                                 on_skip=functools.partial(_skipped, audit, log, pkg.name))
-            ok, detail = self_test(engine)
-            if not ok:
-                engine.close()
-                raise ModelError(f"model {pkg.name}: {detail}")
-        except ModelError as exc:
-            checks.append(ModelCheck(name, str(ref.path), False, str(exc)))
-            if audit:
-                audit("model.rejected", model=name, path=str(ref.path), reason=str(exc))
-            if log:
-                log.error("model_rejected", model=name, reason=str(exc))
-            continue
-        served[pkg.name] = Served(engine)
-        checks.append(ModelCheck(pkg.name, str(ref.path), True, detail, engine.runtime))
-        if audit:
-            audit("model.loaded", model=pkg.name, version=pkg.version, sha256=pkg.sha256, runtime=engine.runtime,
-                  self_test="pass")
-        if log:
-            log.info("model_loaded", model=pkg.name, version=pkg.version, runtime=engine.runtime)
-    return served, checks
-
-
-def _skipped(audit: Any | None, log: Any | None, model: str, runtime: str, why: str) -> None:
-    """`runtime: auto` passed over a runtime: say which and why (e.g. no GPU, engine build failed)."""
-    if audit:
-        audit("model.runtime_skipped", model=model, runtime=runtime, reason=why)
-    if log:
-        log.info("model_runtime_skipped", model=model, runtime=runtime, reason=why)
 
 
 class App:
@@ -101,7 +53,8 @@ class App:
         self._reload = threading.Event()
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
-        self.metrics = Metrics(lambda: self.stores.jobs.counts(), root, lambda: self.drift.scores())
+        self.metrics = Metrics(lambda: self.stores.jobs.counts(), root, lambda: self.drift.scores(),
+                               agreement=lambda: (self.agreement.values(), self.shadow_agreement.values()))
         self.audit_trail = AuditTrail(cfg, self.log, on_lag=self.metrics.observe_atna)
         self.audit_log = self.audit_trail.log_file
         self.metrics_port: int | None = None
@@ -110,7 +63,12 @@ class App:
         self.stores = open_stores(root, listener=self._on_job_state)
         self.completion = Completion(self.stores.jobs, cfg.grouping.quiet_window_s, cfg.grouping.series_timeout_s)
         self.models, self.model_checks = load_models(cfg, self.audit, self.log)
+        self.shadows = load_shadows(cfg, self.models, self.audit, self.log)
         self.drift = DriftMonitor({}, cfg.drift.window, cfg.drift.threshold, self.audit, self.log)
+        db = root / STORES_FILE
+        self.agreement = Agreement(db, {}, self.audit, self.log)
+        self.shadow_agreement = ShadowAgreement()
+        self.drift_jobs = DriftJobs(db)
         self._models_changed()
         self.pipeline = self._make_pipeline(cfg, self.models)
         self.outbox = Outbox(
@@ -129,7 +87,8 @@ class App:
             self.stores, self.spool, models, cfg.routing or [], [d.name for d in cfg.destinations or []],
             DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
             on_stage=self.metrics.observe_stage, on_tensor=self._on_tensor,
-            on_error=self.metrics.observe_error,
+            on_error=self.metrics.observe_error, shadows=self.shadows, on_inferred=self._on_inferred,
+            on_shadow=self.shadow_agreement.observe,
         )
 
     # ---- telemetry: metrics, drift, status snapshot ---------------------------------------------
@@ -146,6 +105,14 @@ class App:
         refs = {name: s.engine.package.reference for name, s in self.models.items()}
         self.drift.set_references(refs, self.cfg.drift.window, self.cfg.drift.threshold)
         self.metrics.set_models(self._model_versions())
+        settings = {s.engine.package.name: ref for s in self.models.values() for ref in self.cfg.models or []
+                    if _configures(ref.path, s)}
+        policies = {name: Policy(s.engine.package.version, settings[name].agreement_window if name in settings else 50,
+                                 settings[name].min_agreement if name in settings else 0.8)
+                    for name, s in self.models.items()}
+        self.agreement.set_policies(policies)
+        self.shadow_agreement.configure({name: (s.engine.package.version, policies[name].window)
+                                         for name, s in self.shadows.items() if name in policies})
 
     def _model_versions(self) -> dict[str, tuple[str, str]]:
         return {name: (s.engine.package.version, s.engine.runtime) for name, s in self.models.items()}
@@ -155,6 +122,23 @@ class App:
             self.drift.observe(model, tensor)
         except Exception:  # drift is a side channel: it never fails a job
             self.log.exception("drift_error", model=model)
+
+    def _on_inferred(self, job: Any, pkg: Any, images: int) -> None:
+        """After each live inference: remember the window's drift score with this job's images in it."""
+        try:
+            state = next((s for s in self.drift.states() if s.model == pkg.name), None)
+            self.drift_jobs.observed(job.id, pkg.name, pkg.version, images, state, self.drift.threshold)
+        except Exception:  # a side channel: it never fails a job
+            self.log.exception("drift_jobs_error", model=pkg.name)
+
+    def record_feedback(self, job_id: int, agree: bool, findings: list[dict[str, Any]] | None = None,
+                        comment: str | None = None, principal: str | None = None) -> int:
+        """A reader's verdict on a job (POST /v1/jobs/{id}/feedback calls this); returns the feedback id.
+
+        Raises:
+            FeedbackError: kind unknown_job (404), no_result (409) or invalid (422).
+        """
+        return self.agreement.record_feedback(job_id, agree, findings, comment, principal)
 
     def _on_delivered(self, delivery: Delivery, seconds: float) -> None:
         self.metrics.observe_stage("delivery", seconds)
@@ -177,7 +161,9 @@ class App:
         content = node_status.snapshot(
             pid=_pid(), version=__version__, started_at=self._started_at, models=self._model_versions(),
             drift=self.drift.states(), threshold=self.drift.threshold, counts=self.stores.jobs.counts(),
-            metrics_port=self.metrics_port,
+            metrics_port=self.metrics_port, agreement=self.agreement.states(),
+            shadows={name: {**state, "runtime": self.shadows[name].engine.runtime}
+                     for name, state in self.shadow_agreement.states().items() if name in self.shadows},
         )
         try:
             node_status.write(self.cfg.storage.root / node_status.FILENAME, content)
@@ -197,6 +183,7 @@ class App:
         except ConfigError as exc:
             return self._reload_refused(str(exc))
         models, checks = load_models(cfg, self.audit, self.log)
+        shadows = load_shadows(cfg, models, self.audit, self.log)
         failed = [c for c in checks if not c.ok]
         missing = sorted({m for r in cfg.routing or [] for m in r.model_names} - set(models))
         if failed or missing:
@@ -204,6 +191,7 @@ class App:
         if cfg.node != self.cfg.node or cfg.storage != self.cfg.storage:
             self.log.warning("reload_partial", detail="node and storage settings take effect at restart")
             cfg.node, cfg.storage = self.cfg.node, self.cfg.storage
+        self.shadows = shadows
         self.pipeline = self._make_pipeline(cfg, models)
         self.outbox.destinations = {d.name: d for d in cfg.destinations or []}
         self.cfg, self.models, self.model_checks = cfg, models, checks
@@ -257,6 +245,7 @@ class App:
             self._threads.append(thread)
         self._wake_worker.set()
         self._wake_outbox.set()
+        self._side_channels()
         self._start_metrics()
         self._write_status()
         self.log.info(
@@ -274,9 +263,11 @@ class App:
         last_snapshot = time.monotonic()
         last_purge = -float("inf")
         while not self._stop.wait(tick):
+            self._side_channels()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+                self._write_status()
             now = time.monotonic()
             if now - last_watchdog >= interval and self._healthy():
                 self.notifier.watchdog()
@@ -289,6 +280,14 @@ class App:
                 # bounded steps, one per tick while there is more, so the watchdog and SIGTERM are served
                 last_purge = -float("inf") if self._purge() else now
         return self.shutdown()
+
+    def _side_channels(self) -> None:
+        """Audit events left by command-line tools, and reader verdicts stored by other processes."""
+        try:
+            pending.drain(self.cfg.storage.root, self.audit)
+            self.agreement.process_pending()
+        except Exception:  # never stops the main loop; tried again next tick
+            self.log.exception("side_channel_error")
 
     def _purge_interval(self) -> float:
         """Hourly; more often for a retention shorter than four hours (a test, a tiny appliance disk)."""
@@ -329,6 +328,8 @@ class App:
         self.metrics.close()
         self._write_status()
         self.audit("node.stop", pid=_pid())
+        self.agreement.close()
+        self.drift_jobs.close()
         self.stores.close()
         self.audit_trail.close()
         return 0
@@ -378,6 +379,14 @@ class App:
             wait = 1.0 if next_at is None else max(0.0, min(1.0, next_at - time.time()))
             self._wake_outbox.wait(wait)
             self._wake_outbox.clear()
+
+
+def _configures(path: Path, served: Served) -> bool:
+    """Whether the configured package at `path` is the one `served` stands for (itself or a kept version)."""
+    try:
+        return load_package(path, verify_hash=False).name == served.engine.package.name
+    except ModelError:
+        return False
 
 
 def _pid() -> int:

@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge_ai import __version__
+from edge_ai import __version__, loop_cli
 from edge_ai import config as config_mod
 from edge_ai.errors import ConfigError, EdgeAIError, ModelError
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("path", type=Path)
     with_config(build)
     with_config(sub.add_parser("status", help="queue depth by state, last results, dead letters"))
+    loop_cli.add_parsers(sub, model_sub, with_config)
     return p
 
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    done = loop_cli.dispatch(args)
+    if done is not None:
+        return done
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "check-config":
@@ -89,7 +93,7 @@ def _serve(path: Path | None) -> int:
 
 
 def _check_config(path: Path | None) -> int:
-    from edge_ai.app import load_models
+    from edge_ai.service.model_loading import load_models
 
     cfg = _load(path)
     _check_tls(cfg)

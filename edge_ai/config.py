@@ -118,6 +118,8 @@ class Grouping(_Section):
 class ModelRef(_Section):
     path: Path
     runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    agreement_window: int = Field(50, ge=1, le=100000)  # reader verdicts the agreement figure is taken over
+    min_agreement: float = Field(0.8, ge=0, le=1)  # below it (window full): model.agreement_low
 
 
 class Range(_Section):
@@ -240,6 +242,11 @@ class Drift(_Section):
     threshold: float = Field(0.25, gt=0)
 
 
+class Export(_Section):
+    # secret for consistent UID/ID pseudonyms; unset: storage.root/export-hmac.key, made at first use (0600)
+    hmac_key_file: Path | None = None
+
+
 class Config(_Section):
     node: Node = Node()
     storage: Storage = Storage()
@@ -250,6 +257,7 @@ class Config(_Section):
     audit: Audit = Audit()
     metrics: Metrics = Metrics()
     drift: Drift = Drift()
+    export: Export = Export()
     # set by load(): where relative paths were resolved from, and the file's hash for the audit
     source: Path | None = Field(default=None, exclude=True)
     sha256: str = Field(default="", exclude=True)
@@ -353,6 +361,8 @@ def _resolved(cfg: Config, base: Path) -> Config:
             value = getattr(cfg.audit.atna.tls, attr)
             if value is not None:
                 setattr(cfg.audit.atna.tls, attr, rel(value))
+    if cfg.export.hmac_key_file is not None:
+        cfg.export.hmac_key_file = rel(cfg.export.hmac_key_file)
     for tls in [cfg.node.tls] + [d.tls for d in cfg.destinations or [] if isinstance(d, DicomDestination)]:
         for attr in ("certificate", "private_key", "ca_certificates"):
             value = getattr(tls, attr)

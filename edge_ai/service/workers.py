@@ -27,9 +27,11 @@ from edge_ai.grouping.routing import RouteDecision, route
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
+from edge_ai.inference.package import ModelPackage
 from edge_ai.inference.threads import limit_blas_threads
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
 from edge_ai.service import reading
+from edge_ai.service.shadow import Beside, same_input
 from edge_ai.service.stores import Stores
 from edge_ai.spool.store import Spool
 
@@ -64,6 +66,9 @@ class Pipeline:
         on_stage: Callable[[str, float], None] = lambda stage, seconds: None,
         on_tensor: Callable[[str, np.ndarray], None] = lambda model, tensor: None,
         on_error: Callable[[str, str], None] = lambda stage, kind: None,
+        shadows: dict[str, Served] | None = None,
+        on_inferred: Callable[[Job, ModelPackage, int], None] = lambda job, pkg, images: None,
+        on_shadow: Callable[[str, bool], None] = lambda model, agree: None,
     ) -> None:
         self.stores = stores
         self.spool = spool
@@ -76,6 +81,9 @@ class Pipeline:
         self.on_stage = on_stage
         self.on_tensor = on_tensor  # every preprocessed image, for the drift monitor
         self.on_error = on_error  # (stage, kind) of every failed job, for the metrics
+        self.shadows = shadows or {}  # live model name -> its shadow version: run, audited, never delivered
+        self.on_inferred = on_inferred  # (job, package, images) after each live inference: per-job drift
+        self.on_shadow = on_shadow  # (model, shadow agreed with live) for the shadow agreement metric
         limit_blas_threads(1)  # numpy's resize products: 8-10 ms -> 1.1 ms per CT slice (inference/threads.py)
         warm_up()  # highdicom's IOD tables: loaded at start, not in the first job's time-to-result
 
@@ -136,14 +144,20 @@ class Pipeline:
             reading.Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
             if str(h.SOPClassUID) in ANALYSED
         ]
-        result = self._infer(engine, reading.units(pairs))
-        duration = time.monotonic() - started
+        units = reading.units(pairs)
+        shadow = self.shadows.get(pkg.name)
+        beside = Beside(shadow.engine) if shadow is not None and same_input(shadow.engine.package, pkg) else None
+        result = self._infer(engine, units, beside=beside)
+        duration = time.monotonic() - started - (beside.seconds if beside is not None else 0.0)
         self.on_stage("inference", duration)
         self.audit(
             "inference", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
             runtime=engine.runtime, instances=len(pairs), images=len(result.scores), duration_s=round(duration, 4),
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
+        self.on_inferred(job, pkg, len(result.scores))
+        if shadow is not None:
+            self._run_shadow(job, shadow, units, result, beside)
         previous = self.stores.jobs.previous_report(job.series_id, pkg.name, job.id)
         predecessor = (
             Predecessor(sop_instance_uid=previous[0], series_instance_uid=previous[1],
@@ -169,9 +183,36 @@ class Pipeline:
             path=str(path), positive=result.positive, probability=result.probability,
         )
 
-    def _infer(self, engine: Engine, pairs: Sequence[reading.Unit]) -> InferenceResult:
+    def _run_shadow(self, job: Job, shadow: Served, pairs: Sequence[reading.Unit], live: InferenceResult,
+                    beside: Beside | None) -> None:
+        """The shadow version on the same instances: on the live run's own tensors where both take the
+        same input (`beside`), else re-read and preprocessed by its own spec (never fed to the drift
+        monitor). Its result is audited and compared with the live one, never reported."""
+        pkg = shadow.engine.package
+        started = time.monotonic() - (beside.seconds if beside is not None else 0.0)
+        fields: dict[str, Any] = {"job": job.id, "series_uid": job.series_uid, "model": pkg.name,
+                                  "version": pkg.version, "live_version": live.model_version,
+                                  "runtime": shadow.engine.runtime, "instances": len(pairs),
+                                  "live_outcome": "positive" if live.positive else "negative",
+                                  "live_probability": round(live.probability, 4)}
+        fields["shared_tensors"] = beside is not None
+        try:
+            result = beside.result() if beside is not None else self._infer(shadow.engine, pairs, observe=False)
+        except Exception as exc:  # a shadow never fails the live job
+            self.audit("shadow.inference", **fields, outcome="error", reason=f"{type(exc).__name__}: {exc}",
+                       duration_s=round(time.monotonic() - started, 4))
+            return
+        agree = result.positive == live.positive
+        self.audit("shadow.inference", **fields, outcome="positive" if result.positive else "negative",
+                   probability=round(result.probability, 4), agree=agree,
+                   duration_s=round(time.monotonic() - started, 4))
+        self.on_shadow(pkg.name, agree)
+
+    def _infer(self, engine: Engine, pairs: Sequence[reading.Unit], observe: bool = True,
+               beside: Beside | None = None) -> InferenceResult:
         """Every image (a single-frame instance or one frame of a multi-frame one) through the model,
-        in `reading.units` order; the aggregate sees frames as it sees slices."""
+        in `reading.units` order; the aggregate sees frames as it sees slices. `observe`: feed the drift
+        monitor; `beside`: the shadow version runs on the same batches."""
         pkg = engine.package
         if not pairs:
             raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
@@ -181,6 +222,8 @@ class Pipeline:
         probs, boxes = [], []
         started = time.monotonic()
         batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+        if beside is not None:
+            beside.infos = infos
         # Preprocessing runs on IMAGING_THREADS threads, at most the next PREFETCH_BATCHES batches ahead
         # of the engine, so memory stays flat whatever the series size. It is numpy and file reads on
         # the native path, which release the GIL (pydicom's decoder, which holds it, is the exception).
@@ -193,9 +236,12 @@ class Pipeline:
                     pending.append([pool.submit(reading.tensor, p, frames.frame_header(p.source.header, p.frame),
                                                 pkg.preprocessing) for p in ahead])
                 batch = [f.result() for f in pending.popleft()]
-                for tensor in batch:
+                for tensor in batch if observe else ():
                     self.on_tensor(pkg.name, tensor)
-                out = engine.run(pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch))))
+                stacked = pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch)))
+                out = engine.run(stacked)
+                if beside is not None:
+                    beside.run(stacked, len(batch_sources))
                 probs.append(out.probability[: len(batch_sources)])
                 boxes.append(out.box[: len(batch_sources)])
         self.on_stage("imaging+inference", time.monotonic() - started)
