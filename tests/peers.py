@@ -324,6 +324,13 @@ def raw_c_store(port: int, context_sop_class: str, transfer_syntax: str, affecte
                 sop_instance_uid: str, data: bytes, calling: str = "MODALITY") -> int | None:
     """Send one C-STORE whose command and data set bytes are exactly what the test says (what a broken or
     hostile modality might send), over a context of `context_sop_class`; returns the status or None."""
+    return raw_c_store_response(port, context_sop_class, transfer_syntax, affected_sop_class, sop_instance_uid,
+                                data, calling)[0]
+
+
+def raw_c_store_response(port: int, context_sop_class: str, transfer_syntax: str, affected_sop_class: str,
+                         sop_instance_uid: str, data: bytes, calling: str = "MODALITY") -> tuple[int | None, str]:
+    """`raw_c_store`, with the response's Error Comment (or why there is no response)."""
     import io as _io
 
     from pynetdicom import AE
@@ -334,7 +341,7 @@ def raw_c_store(port: int, context_sop_class: str, transfer_syntax: str, affecte
     ae.add_requested_context(context_sop_class, [transfer_syntax])
     assoc = ae.associate("127.0.0.1", port, ae_title="EDGE_AI")
     if not assoc.is_established:
-        return None
+        return None, "association not established"
     try:
         req = C_STORE()
         req.MessageID = 1
@@ -349,7 +356,9 @@ def raw_c_store(port: int, context_sop_class: str, transfer_syntax: str, affecte
         assoc.dimse.send_msg(req, context_id)
         _, rsp = assoc.dimse.get_msg(block=True)
         assoc._reactor_checkpoint.set()
-        return None if rsp is None else int(rsp.Status)
+        if rsp is None:
+            return None, "no response"
+        return int(rsp.Status), str(getattr(rsp, "ErrorComment", "") or "")
     finally:
         if assoc.is_established:
             assoc.release()

@@ -11,14 +11,12 @@ chose, so the sender encodes for it exactly as it did for the node; the node mus
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 import sqlite3
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 from urllib import request as urlrequest
 
 import pydicom
-from peers import DCMTK, PEER_ENV, NodeProcess, Orthanc, dataset_bytes, free_port, wait_port
+from peers import DCMTK, PEER_ENV, NodeProcess, Orthanc, dataset_bytes, free_port, raw_c_store_response, wait_port
 
 JS_DIR = Path(__file__).parent / "js"
 GDCMSCU = shutil.which("gdcmscu") or "/usr/bin/gdcmscu"
@@ -275,32 +273,4 @@ def raw_store(port: int, sop_class: str, transfer_syntax: str, sop_instance_uid:
               calling: str = "RAWSCU") -> tuple[int | None, str]:
     """One C-STORE whose data set is exactly `data` (what a broken modality might send); (status, Error
     Comment)."""
-    from pynetdicom import AE
-    from pynetdicom.dimse_primitives import C_STORE
-
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
-    ae.add_requested_context(sop_class, [transfer_syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title="EDGE_AI")
-    if not assoc.is_established:
-        return None, "association not established"
-    try:
-        req = C_STORE()
-        req.MessageID = 1
-        req.AffectedSOPClassUID = sop_class
-        req.AffectedSOPInstanceUID = sop_instance_uid
-        req.Priority = 2
-        req.DataSet = io.BytesIO(data)
-        context_id = assoc.accepted_contexts[0].context_id
-        assoc._reactor_checkpoint.clear()
-        while not assoc._is_paused:
-            time.sleep(0.0001)
-        assoc.dimse.send_msg(req, context_id)
-        _, rsp = assoc.dimse.get_msg(block=True)
-        assoc._reactor_checkpoint.set()
-        if rsp is None:
-            return None, "no response"
-        return int(rsp.Status), str(getattr(rsp, "ErrorComment", "") or "")
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    return raw_c_store_response(port, sop_class, transfer_syntax, sop_class, sop_instance_uid, data, calling)
