@@ -16,6 +16,7 @@ from edge_ai.config import load as config_load
 from edge_ai.dicom.scp import StorageSCP
 from edge_ai.domain import JobState
 from edge_ai.errors import ConfigError, ModelError
+from edge_ai.http import server as http_server
 from edge_ai.inference.engine import load_engine, self_test
 from edge_ai.inference.package import load_package
 from edge_ai.observability import logging as obs_logging
@@ -116,6 +117,11 @@ class App:
         self._started_at = time.time()
         self.ingest = Ingest(self.spool, self.queue, cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes)
         self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, on_release=self._wake_worker.set)
+        self.http = http_server.make(
+            cfg, ingest=self.ingest, queue=self.queue, audit=self.audit, log=self.log,
+            registry=self.metrics.registry, models=lambda: sorted(self.models), not_ready=self._not_ready,
+            wake_worker=self._wake_worker.set,
+        ) if cfg.http.enabled else None
         self._threads: list[threading.Thread] = []
 
     def _make_pipeline(self, cfg: Config, models: dict[str, Served]) -> Pipeline:
@@ -123,8 +129,24 @@ class App:
             self.queue, self.spool, models, cfg.routing or [], [d.name for d in cfg.destinations or []],
             DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
             on_stage=self.metrics.observe_stage, on_tensor=self._on_tensor,
-            on_error=self.metrics.observe_error,
+            on_error=self.metrics.observe_error, model_for=self._model_for,
         )
+
+    def _model_for(self, job_id: int) -> str | None:
+        """The model an HTTP request named for this job (POST /v1/predict/{model}), else None: routing."""
+        return self.http.ctx.requests.model_for(job_id) if self.http is not None else None
+
+    def _not_ready(self) -> list[str]:
+        """Why the node is not serving (GET /v1/health/ready); empty when it is."""
+        reasons = [] if self.models else ["no model is being served"]
+        if not self.scp.healthy():
+            reasons.append("the DICOM listener is not running")
+        try:
+            if self.spool.free_bytes() < self.cfg.storage.min_free_bytes:
+                reasons.append("free space is below storage.min_free_bytes")
+        except OSError:
+            reasons.append("the spool is not available")
+        return reasons
 
     # ---- telemetry: metrics, drift, status snapshot ---------------------------------------------
     def _audited(self, event: str, **fields: Any) -> None:
@@ -213,6 +235,8 @@ class App:
 
     def _on_job_state(self, job_id: int, series_uid: str, state: JobState, reason: str) -> None:
         self.audit("job.state", job=job_id, series_uid=series_uid, state=state.value, reason=reason or None)
+        if self.http is not None:
+            self.http.ctx.watch.changed(job_id)
         if state is JobState.READY:
             self._wake_worker.set()
         elif state is JobState.REPORTED:
@@ -250,6 +274,9 @@ class App:
         self._wake_worker.set()
         self._wake_outbox.set()
         self._start_metrics()
+        if self.http is not None:  # readiness includes the HTTP API: it is up before READY=1
+            port = self.http.start()
+            self.log.info("http_listening", host=self.cfg.http.host, port=port, tls=self.cfg.http.tls.enabled)
         self._write_status()
         self.log.info(
             "node_ready", ae_title=self.cfg.node.ae_title, host=self.cfg.node.host, port=self.scp.port,
@@ -300,7 +327,8 @@ class App:
         return done.more
 
     def _healthy(self) -> bool:
-        return self.scp.healthy() and all(t.is_alive() for t in self._threads)
+        return (self.scp.healthy() and all(t.is_alive() for t in self._threads)
+                and (self.http is None or self.http.healthy()))
 
     def _status_line(self) -> str:
         counts = self.queue.counts()
@@ -313,13 +341,19 @@ class App:
         self.notifier.stopping()
         self.log.info("node_stopping")
         self.request_stop()
+        if self.http is not None:
+            self.http.begin_stop()  # 503 for new requests; those in flight go on
         self._drain_associations(time.monotonic() + _DRAIN_S)
+        if self.http is not None:
+            self.http.stop(deadline - 2.0)
         self.scp.stop()
         while self.scp.active() and time.monotonic() < deadline - 2.0:  # connections see their sockets end
             time.sleep(0.02)
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
         self.metrics.close()
+        if self.http is not None:
+            self.http.close()
         self._write_status()
         self.audit("node.stop", pid=_pid())
         self.queue.close()

@@ -67,6 +67,7 @@ class NodeProcess:
 
     root: Path
     port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     destinations: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
@@ -91,6 +92,7 @@ class NodeProcess:
             "grouping": {"series_timeout_s": 5},
             "audit": {"path": "var/audit/audit.jsonl"},
             "metrics": {"port": free_port()},
+            "http": {"port": self.http_port},
         }
         if self.destinations is not None:
             cfg["destinations"] = self.destinations
@@ -114,6 +116,8 @@ class NodeProcess:
         )
         try:
             wait_port(self.port, timeout, self.proc)
+            if yaml.safe_load(self.config_path.read_text()).get("http", {}).get("enabled", True):
+                wait_port(self.http_port, timeout, self.proc)  # the HTTP API opens after the DICOM port
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}\n{self.log()}") from exc
         return self
@@ -134,6 +138,16 @@ class NodeProcess:
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def api_key(self, name: str = "test", scopes: str = "submit,read,admin") -> str:
+        """A new API key from `edge-ai apikey create` (its last line of output)."""
+        out = self.cli("apikey", "create", "--name", name, "--scopes", scopes)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1]
 
     def audit_events(self) -> list[dict[str, Any]]:
         if not self.audit_path.exists():

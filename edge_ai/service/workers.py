@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.inference.package import Preprocessing
 from edge_ai.inference.threads import limit_blas_threads
+from edge_ai.report import result_json
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
 from edge_ai.spool.queue import Job, Queue, ReportRow
 from edge_ai.spool.store import Spool
@@ -63,6 +65,7 @@ class Pipeline:
         on_stage: Callable[[str, float], None] = lambda stage, seconds: None,
         on_tensor: Callable[[str, np.ndarray], None] = lambda model, tensor: None,
         on_error: Callable[[str, str], None] = lambda stage, kind: None,
+        model_for: Callable[[int], str | None] = lambda job_id: None,
     ) -> None:
         self.queue = queue
         self.spool = spool
@@ -75,6 +78,7 @@ class Pipeline:
         self.on_stage = on_stage
         self.on_tensor = on_tensor  # every preprocessed image, for the drift monitor
         self.on_error = on_error  # (stage, kind) of every failed job, for the metrics
+        self.model_for = model_for  # a model the job's sender named (HTTP API), instead of routing
         limit_blas_threads(1)  # numpy's resize products: 8-10 ms -> 1.1 ms per CT slice (inference/threads.py)
         warm_up()  # highdicom's IOD tables: loaded at start, not in the first job's time-to-result
 
@@ -103,7 +107,9 @@ class Pipeline:
         if not refs:
             raise ImagingError("series has no stored instances")
         headers, offsets = _read_headers(refs)
-        decisions = route(self.routes, headers[0], self.destinations)
+        named = self.model_for(job.id)
+        decisions = ([RouteDecision("request", named, tuple(self.destinations))] if named
+                     else route(self.routes, headers[0], self.destinations))
         if not decisions:
             self.audit("series.not_routed", job=job.id, series_uid=job.series_uid, modality=job.modality,
                        sop_class_uid=str(headers[0].get("SOPClassUID", "")))
@@ -157,10 +163,12 @@ class Pipeline:
             study_uid=job.study_uid, predecessor=predecessor.sop_instance_uid if predecessor else None,
             findings=len(result.findings),
         )
+        rendered = result_json.render(result, pkg, pkg.sha256, str(sr.SOPInstanceUID))  # same result as the SR
         return ReportRow(
             model_name=pkg.name, model_version=pkg.version, runtime=engine.runtime,
             sop_instance_uid=str(sr.SOPInstanceUID), series_uid=str(sr.SeriesInstanceUID),
             path=str(path), positive=result.positive, probability=result.probability,
+            result_json=json.dumps(rendered, separators=(",", ":")),
         )
 
     def _infer(self, engine: Engine, pairs: Sequence[_Source]) -> InferenceResult:

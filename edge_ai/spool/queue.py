@@ -97,9 +97,16 @@ class Queue:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._lock = threading.RLock()
         self._listener = listener
         self._pending_events: list[tuple[int, str, JobState, str]] = []
+
+    def _migrate(self) -> None:
+        """Columns added after a database was first made: added in place, old rows keep NULL."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(reports)")}
+        if "result_json" not in columns:  # the result as JSON, beside the SR rendered from the same result
+            self._db.execute("ALTER TABLE reports ADD COLUMN result_json TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -278,9 +285,10 @@ class Queue:
             for report, dests in zip(reports, destinations, strict=True):
                 cur = db.execute(
                     "INSERT INTO reports(job_id, model_name, model_version, runtime, sop_instance_uid, series_uid,"
-                    " path, positive, probability, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " path, positive, probability, created_at, result_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (job_id, report.model_name, report.model_version, report.runtime, report.sop_instance_uid,
-                     report.series_uid, report.path, int(report.positive), report.probability, now),
+                     report.series_uid, report.path, int(report.positive), report.probability, now,
+                     report.result_json or None),
                 )
                 for dest in dests:
                     db.execute(
@@ -448,6 +456,28 @@ class Queue:
             names = [c[0] for c in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
+    # ---- HTTP API (used only through edge_ai/http/jobs_view.py) ------------------------------------
+    def http_rows(self, sql: str, args: tuple[object, ...]) -> list[dict[str, object]]:
+        """Read-only rows for the HTTP job view, as dicts."""
+        with self._lock:
+            cur = self._db.execute(sql, args)
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def retry_failed(self, job_id: int, reason: str) -> bool:
+        """A failed job goes back to ready (its series is re-analysed); False when it is not failed."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row[0] != JobState.FAILED.value:
+                return False
+            revived = db.execute(
+                "UPDATE deliveries SET state='pending', attempts=0, next_at=?, updated_at=? WHERE state='dead'"
+                " AND report_id IN (SELECT id FROM reports WHERE job_id=?)", (time.time(), time.time(), job_id),
+            ).rowcount
+            # dead letters are sent again; a job that failed before its SR is analysed again
+            self._set_state(db, job_id, JobState.REPORTED if revived else JobState.READY, reason)
+        return True
+
 
 @dataclass(frozen=True)
 class ReportRow:
@@ -459,3 +489,4 @@ class ReportRow:
     path: str
     positive: bool
     probability: float
+    result_json: str = ""  # report/result_json.py, rendered from the same result as the SR
