@@ -80,7 +80,7 @@ def dx_bytes(seed: int, lesion: bool = True) -> bytes:
 
 
 def ct_parts(seed: int, slices: int = 4) -> list[bytes]:
-    datasets, _ = phantoms.ct_case(np.random.default_rng(seed), slices=slices, size=128, lesion=True)
+    datasets, _ = phantoms.ct_case(np.random.default_rng(seed), slices=slices, size=128, lesion=slices >= 8)
     out = []
     for ds in datasets:
         buf = io.BytesIO()

@@ -13,11 +13,11 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_sr import CT_CLASS, DEVICE, PACKAGE, _image  # noqa: E402
+from test_sr import CT_CLASS, DEVICE, PACKAGE, _image
 
-from edge_ai.domain import Box, Finding, InferenceResult  # noqa: E402
-from edge_ai.report import codes, result_json  # noqa: E402
-from edge_ai.report.sr import build_sr  # noqa: E402
+from edge_ai.domain import Box, Finding, InferenceResult
+from edge_ai.report import codes, result_json
+from edge_ai.report.sr import build_sr
 
 SHA = "ab" * 32
 
