@@ -102,8 +102,8 @@ def test_stow_rs_nothing_stored_is_409_and_cut_short_parts_are_0xc000(node: tupl
         assert [i.FailureReason for i in answer.FailedSOPSequence] == [0xC000, 0xC000]
         single = c.post("/dicomweb/studies", content=good, headers={"Content-Type": "application/dicom"})
         assert single.status_code == 415 and single.headers["content-type"] == "application/problem+json"
-        other = c.post("/dicomweb/studies", content=body,
-                       headers={"Content-Type": f'multipart/related; type="application/dicom+json"; boundary={boundary}'})
+        json_parts = f'multipart/related; type="application/dicom+json"; boundary={boundary}'
+        other = c.post("/dicomweb/studies", content=body, headers={"Content-Type": json_parts})
         assert other.status_code == 415
 
 
