@@ -61,6 +61,7 @@ def read_secret(path: Path, create: bool) -> bytes:
             try:
                 os.write(fd, secrets.token_hex(32).encode())
                 os.fsync(fd)
+                _owned_like_folder(fd, path)
             finally:
                 os.close(fd)
     try:
@@ -72,6 +73,13 @@ def read_secret(path: Path, create: bool) -> bytes:
     return value
 
 
+def _owned_like_folder(fd: int, path: Path) -> None:
+    """Run as root (`sudo edge-ai apikey ...`), a file made stays the service user's, as its folder is."""
+    if os.geteuid() == 0:
+        folder = path.parent.stat()
+        os.fchown(fd, folder.st_uid, folder.st_gid)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -79,6 +87,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         os.write(fd, text.encode())
         os.fsync(fd)
+        _owned_like_folder(fd, path)
     finally:
         os.close(fd)
     os.replace(tmp, path)
