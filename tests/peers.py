@@ -22,6 +22,7 @@ import yaml
 DCMTK = Path("/usr/bin")
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DCIODVFY = "/usr/bin/dciodvfy"
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian orthanc-dicomweb
 # Debian's DCMTK leaves Nagle's algorithm on unless told otherwise (~45 ms per message).
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -164,6 +165,7 @@ class Orthanc:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    plugins: list[str] = field(default_factory=list)  # e.g. ORTHANC_DICOMWEB: STOW-RS at /dicom-web/studies
 
     def start(self) -> Orthanc:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -178,7 +180,7 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True,
             "SyncStorageArea": True,
-            "Plugins": [],
+            "Plugins": self.plugins,
             "StableAge": 1,
         }
         (self.root / "orthanc.json").write_text(json.dumps(cfg))

@@ -11,7 +11,9 @@ presentation context a C-STORE would have.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -24,6 +26,7 @@ from edge_ai.spool.ingest import Ingest, Receiving, Stored
 
 STUDY_UID_TAG = 0x0020000D
 _META_MAX = 64 * 1024  # a File Meta group longer than this is not one
+MAX_FINISHING = 4  # instances of one request being made durable at once (open files, fsyncs in flight)
 
 
 @dataclass
@@ -183,15 +186,23 @@ class InstanceSink:
 class BodyIngest:
     """A whole request body: one instance, or the parts of a multipart/related body, each an InstanceSink.
 
+    With a `pool`, each received instance is made durable (fsync, index) there while the next part is read,
+    at most MAX_FINISHING at a time: fsyncs of several instances then share the file system's journal
+    commits. The answer still waits for every one of them.
+
     Args:
-        on_outcome: called (in this thread) as each instance is decided, e.g. to note its job.
+        on_outcome: called as each instance is decided (from a pool thread: keep it thread-safe).
     """
 
     def __init__(self, ingest: Ingest, assoc: str, content_type: str, *, multipart_allowed: bool = True,
-                 study_uid: str | None = None, on_outcome: Callable[[Outcome], None] = lambda o: None) -> None:
+                 study_uid: str | None = None, on_outcome: Callable[[Outcome], None] = lambda o: None,
+                 pool: Executor | None = None) -> None:
         self.ingest, self.assoc, self.study_uid, self.on_outcome = ingest, assoc, study_uid, on_outcome
         self.outcomes: list[Outcome] = []
         self.total = 0
+        self._pool = pool
+        self._finishing: deque[Future[Outcome]] = deque()
+        self._count = 0
         self._sink: InstanceSink | None = None
         self._parser: MultipartParser | None = None
         media, params = parse_options_header(content_type)
@@ -218,7 +229,8 @@ class BodyIngest:
             raise Problem(415, f"content type {content_type or '(none)'} is not accepted here: send {accepted}")
 
     def _new_sink(self) -> InstanceSink:
-        return InstanceSink(self.ingest, self.assoc, len(self.outcomes), self.study_uid)
+        self._count += 1
+        return InstanceSink(self.ingest, self.assoc, self._count - 1, self.study_uid)
 
     def feed(self, chunks: Iterable[bytes]) -> None:
         for chunk in chunks:
@@ -236,6 +248,7 @@ class BodyIngest:
         """The end of the body: the last instance is decided; returns every instance's outcome."""
         if self._parser is not None:
             self._parser.finalize()
+            self._collect(0)
             if self._sink is not None:  # a part the body ended inside of
                 self._sink.discard()
                 self._sink = None
@@ -245,6 +258,7 @@ class BodyIngest:
         elif self._sink is not None:
             self._decide(self._sink)
             self._sink = None
+        self._collect(0)
         return self.outcomes
 
     def discard(self) -> None:
@@ -252,11 +266,33 @@ class BodyIngest:
         if self._sink is not None:
             self._sink.discard()
             self._sink = None
+        self._collect(0)  # instances already complete are stored: their outcomes count
 
     def _decide(self, sink: InstanceSink) -> None:
+        if self._pool is None:
+            self.outcomes.append(self._finish(sink))
+            return
+        self._finishing.append(self._pool.submit(self._finish, sink))
+        self._collect(MAX_FINISHING)
+
+    def _finish(self, sink: InstanceSink) -> Outcome:
         outcome = sink.finish()
-        self.outcomes.append(outcome)
         self.on_outcome(outcome)
+        return outcome
+
+    def _collect(self, keep: int) -> None:
+        """Wait for the oldest instances being finished until at most `keep` are left, in body order."""
+        while len(self._finishing) > keep:
+            self.outcomes.append(self._finishing.popleft().result())
+
+    def _refused(self, outcome: Outcome) -> None:
+        self.on_outcome(outcome)
+        if self._pool is None:
+            self.outcomes.append(outcome)
+            return
+        done: Future[Outcome] = Future()
+        done.set_result(outcome)
+        self._finishing.append(done)
 
     # ---- python-multipart callbacks --------------------------------------------------------------
     def _part_begin(self) -> None:
@@ -278,7 +314,8 @@ class BodyIngest:
         if self._part_type in (b"", b"application/dicom"):
             self._sink = self._new_sink()
             return
-        self._refused_part = Outcome(len(self.outcomes), refusal=RejectedInstance(
+        self._count += 1
+        self._refused_part = Outcome(self._count - 1, refusal=RejectedInstance(
             Refusal.CANNOT_UNDERSTAND, f"part is {self._part_type.decode('latin-1')}, not application/dicom"))
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -290,6 +327,5 @@ class BodyIngest:
         if sink is not None:
             self._decide(sink)
         elif self._refused_part is not None:
-            self.outcomes.append(self._refused_part)
-            self.on_outcome(self._refused_part)
+            self._refused(self._refused_part)
             self._refused_part = None

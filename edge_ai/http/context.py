@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ class HttpContext:
     not_ready: Callable[[], list[str]]  # reasons the node is not serving (empty: ready)
     wake_worker: Callable[[], None]
     stopping: threading.Event = field(default_factory=threading.Event)
+    # instances of multipart bodies are made durable here while the next part is read (body.BodyIngest)
+    finishers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "http-store"))
     watch: JobWatch = field(default_factory=lambda: JobWatch())
 
 

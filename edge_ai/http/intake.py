@@ -3,7 +3,10 @@ worker thread, series completion at the end of the request, and the same audit l
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,26 +61,31 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
     intake = Intake(request_id=f"h{uuid.uuid4().hex}")
     state = request.scope.setdefault("state", {})
     state["intake"] = intake
-    hasher = hashlib.sha256()
+    hasher = hashlib.sha256() if request.headers.get("idempotency-key") else None
+    noting = threading.Lock()
 
     def note(outcome: Outcome) -> None:
         if outcome.stored is None:
             return
         job = outcome.stored.outcome.job_id or jobs_view.latest_job_of_series(
             ctx.queue, outcome.stored.ref.series_instance_uid)
-        if job and job not in intake.job_ids:
-            intake.job_ids.append(job)
-            if model is not None and not outcome.stored.outcome.duplicate:
-                ctx.requests.set_model(job, model)
+        with noting:
+            if job and job not in intake.job_ids:
+                intake.job_ids.append(job)
+                if model is not None and not outcome.stored.outcome.duplicate:
+                    ctx.requests.set_model(job, model)
 
     body = BodyIngest(ctx.ingest, intake.request_id, request.headers.get("content-type", ""),
-                      multipart_allowed=multipart_allowed, study_uid=study_uid, on_outcome=note)
+                      multipart_allowed=multipart_allowed, study_uid=study_uid, on_outcome=note, pool=ctx.finishers)
 
     def feed(chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            hasher.update(chunk)
+        if hasher is not None:  # only an Idempotency-Key needs the body's own hash
+            for chunk in chunks:
+                hasher.update(chunk)
         body.feed(chunks)
 
+    # the thread writes one batch while the loop reads the next: at most two batches in memory
+    pending: asyncio.Future[None] | None = None
     try:
         batch: list[bytes] = []
         size = 0
@@ -89,15 +97,22 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
             batch.append(chunk)
             size += len(chunk)
             if size >= _BATCH_BYTES:
-                await to_thread.run_sync(feed, batch)
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(to_thread.run_sync(feed, batch))
                 batch, size = [], 0
+        if pending is not None:
+            await pending
         await to_thread.run_sync(feed, batch)
         intake.outcomes = await to_thread.run_sync(body.close)
     except (Problem, ClientDisconnect, OSError):
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
         await to_thread.run_sync(body.discard)
         await to_thread.run_sync(_finish, ctx, intake, principal, request)
         raise
-    intake.body_sha256 = hasher.hexdigest()
+    intake.body_sha256 = hasher.hexdigest() if hasher is not None else ""
     await to_thread.run_sync(_finish, ctx, intake, principal, request)
     return intake
 

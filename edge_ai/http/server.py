@@ -97,6 +97,7 @@ class HttpServer:
 
     def close(self) -> None:
         """After the worker has stopped (it reads the models requests named)."""
+        self.ctx.finishers.shutdown(wait=True)
         self.ctx.requests.close()
 
     def in_flight(self) -> int:
