@@ -29,9 +29,10 @@ _META_MAX = 64 * 1024  # a File Meta group longer than this is not one
 MAX_FINISHING = 4  # instances of one request being made durable at once (open files, fsyncs in flight)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
-    """One instance of a request: stored, or refused with its reason."""
+    """One instance of a request: stored (`ok`), or refused with its reason. Kept for the whole request, so
+    it is small: `stored` (the full record) lives only until `on_outcome` has seen it."""
 
     index: int
     stored: Stored | None = None
@@ -39,6 +40,14 @@ class Outcome:
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
     size: int = 0
+    sha256: str = ""
+    ok: bool = False
+
+    def compact(self) -> None:
+        if self.stored is not None:
+            ref = self.stored.ref
+            self.sop_class_uid, self.sop_instance_uid = ref.sop_class_uid, ref.sop_instance_uid
+            self.sha256, self.size, self.ok, self.stored = ref.sha256, ref.size, True, None
 
 
 def _cannot(reason: str) -> RejectedInstance:
@@ -277,7 +286,10 @@ class BodyIngest:
 
     def _finish(self, sink: InstanceSink) -> Outcome:
         outcome = sink.finish()
-        self.on_outcome(outcome)
+        try:
+            self.on_outcome(outcome)
+        finally:
+            outcome.compact()
         return outcome
 
     def _collect(self, keep: int) -> None:

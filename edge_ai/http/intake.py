@@ -33,7 +33,7 @@ class Intake:
 
     @property
     def stored(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.stored is not None]
+        return [o for o in self.outcomes if o.ok]
 
     @property
     def failed(self) -> list[Outcome]:
@@ -64,7 +64,14 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
     hasher = hashlib.sha256() if request.headers.get("idempotency-key") else None
     noting = threading.Lock()
 
+    peer = request.client.host if request.client else ""
+
     def note(outcome: Outcome) -> None:
+        """As each instance is decided: its audit line (as a C-STORE's) and its job."""
+        try:
+            _audit_instance(ctx, intake, outcome, principal, peer)
+        except Exception:  # stored is stored: a failed audit line is logged, the answer stands
+            ctx.log.exception("audit_write_failed", audit_event="instance", request_id=intake.request_id)
         if outcome.stored is None:
             return
         job = outcome.stored.outcome.job_id or jobs_view.latest_job_of_series(
@@ -110,24 +117,18 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
             with contextlib.suppress(Exception):
                 await pending
         await to_thread.run_sync(body.discard)
-        await to_thread.run_sync(_finish, ctx, intake, principal, request)
+        await to_thread.run_sync(_finish, ctx, intake)
         raise
     intake.body_sha256 = hasher.hexdigest() if hasher is not None else ""
-    await to_thread.run_sync(_finish, ctx, intake, principal, request)
+    await to_thread.run_sync(_finish, ctx, intake)
     return intake
 
 
-def _finish(ctx: HttpContext, intake: Intake, principal: Principal, request: Request) -> None:
-    """The request's series are complete; each instance audited as a C-STORE's would be."""
+def _finish(ctx: HttpContext, intake: Intake) -> None:
+    """The request's series are complete (its end, as an association's release)."""
     if intake.stored:
         jobs_view.series_complete(ctx.queue, intake.request_id)
         ctx.wake_worker()
-    peer = request.client.host if request.client else ""
-    for o in intake.outcomes:
-        try:
-            _audit_instance(ctx, intake, o, principal, peer)
-        except Exception:  # stored is stored: a failed audit line is logged, the answer stands
-            ctx.log.exception("audit_write_failed", audit_event="instance", request_id=intake.request_id)
 
 
 def _audit_instance(ctx: HttpContext, intake: Intake, o: Outcome, principal: Principal, peer: str) -> None:
@@ -149,9 +150,8 @@ def instances_for_audit(intake: Intake) -> list[dict[str, Any]]:
     """Per instance for `http.request`: UID, sha256 and size (stored) or the refusal code."""
     out: list[dict[str, Any]] = []
     for o in intake.outcomes:
-        if o.stored is not None:
-            out.append({"sop_instance_uid": o.stored.ref.sop_instance_uid, "sha256": o.stored.ref.sha256,
-                        "bytes": o.stored.ref.size})
+        if o.ok:
+            out.append({"sop_instance_uid": o.sop_instance_uid, "sha256": o.sha256, "bytes": o.size})
         elif o.refusal is not None:
             out.append({"sop_instance_uid": o.sop_instance_uid[:64] or None, "bytes": o.size,
                         "failure": f"0x{REFUSAL_ANSWERS[o.refusal.kind][1]:04X}"})
