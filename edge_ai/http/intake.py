@@ -112,12 +112,15 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
             await pending
         await to_thread.run_sync(feed, batch)
         intake.outcomes = await to_thread.run_sync(body.close)
-    except (Problem, ClientDisconnect, OSError):
+    except (Problem, ClientDisconnect, OSError) as exc:
         if pending is not None:
             with contextlib.suppress(Exception):
                 await pending
         await to_thread.run_sync(body.discard)
+        intake.outcomes = body.outcomes
         await to_thread.run_sync(_finish, ctx, intake)
+        if isinstance(exc, Problem) and intake.stored:  # complete instances before the failure were stored
+            exc.extra["stored_sop_instance_uids"] = [o.sop_instance_uid for o in intake.stored]
         raise
     intake.body_sha256 = hasher.hexdigest() if hasher is not None else ""
     await to_thread.run_sync(_finish, ctx, intake)
