@@ -217,9 +217,9 @@ class App:
         missing = sorted({m for r in cfg.routing or [] for m in r.model_names} - set(models))
         if failed or missing:
             return self._reload_refused(failed[0].detail if failed else f"routing: model {missing[0]!r} not served")
-        if cfg.node != self.cfg.node or cfg.storage != self.cfg.storage:
-            self.log.warning("reload_partial", detail="node and storage settings take effect at restart")
-            cfg.node, cfg.storage = self.cfg.node, self.cfg.storage
+        if cfg.node != self.cfg.node or cfg.storage != self.cfg.storage or cfg.http != self.cfg.http:
+            self.log.warning("reload_partial", detail="node, storage and http settings take effect at restart")
+            cfg.node, cfg.storage, cfg.http = self.cfg.node, self.cfg.storage, self.cfg.http
         self.pipeline = self._make_pipeline(cfg, models)
         self.outbox.destinations = {d.name: d for d in cfg.destinations or []}
         self.cfg, self.models, self.model_checks = cfg, models, checks

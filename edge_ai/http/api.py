@@ -30,6 +30,9 @@ from edge_ai.http.middleware import RequestAudit
 from edge_ai.http.problems import Problem, refusal_problem
 
 MAX_WAIT_S = 30
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+DICOM_BODY = {"requestBody": {"required": True, "content": {
+    "application/dicom": _BINARY, 'multipart/related; type="application/dicom"': _BINARY}}}
 _WAIT_RE = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.I)
 _FINAL = ("done", "failed")
 
@@ -196,12 +199,12 @@ def create_app(ctx: HttpContext) -> Any:
             return _json(503, Problem(503, "; ".join(reasons), reasons=reasons).body(), {"Retry-After": "5"})
         return JSONResponse({"status": "ready", "models": ctx.models()})
 
-    @app.post("/v1/jobs", status_code=202)
+    @app.post("/v1/jobs", status_code=202, openapi_extra=DICOM_BODY)
     async def post_jobs(request: Request, principal: Principal = submit_scope,
                         model: str | None = None) -> Response:
         return await submit(request, ctx, principal, model)
 
-    @app.post("/v1/predict/{model}", status_code=202)
+    @app.post("/v1/predict/{model}", status_code=202, openapi_extra=DICOM_BODY)
     async def predict(request: Request, model: str, principal: Principal = submit_scope) -> Response:
         response = await submit(request, ctx, principal, model)
         wait = _wait_seconds(request.headers.get("prefer"))

@@ -57,13 +57,16 @@ def add_routes(app: FastAPI, ctx: HttpContext, submit_scope: Any) -> None:
         status, body = await to_thread.run_sync(store_response, got, study)
         return Response(body, status_code=status, media_type=DICOM_JSON)
 
-    @app.post("/dicomweb/studies", response_class=Response)
+    stow_body = {"requestBody": {"required": True, "content": {'multipart/related; type="application/dicom"': {
+        "schema": {"type": "string", "format": "binary"}}}}}
+
+    @app.post("/dicomweb/studies", response_class=Response, openapi_extra=stow_body)
     async def stow_studies(request: Request, principal: Principal = submit_scope) -> Response:
         """STOW-RS: store instances of any studies."""
         _multipart_only(request)
         return await stow(request, principal, None)
 
-    @app.post("/dicomweb/studies/{study}", response_class=Response)
+    @app.post("/dicomweb/studies/{study}", response_class=Response, openapi_extra=stow_body)
     async def stow_study(request: Request, study: str,
                          principal: Principal = submit_scope) -> Response:
         """STOW-RS: store instances of one study (others fail with 0xA900)."""

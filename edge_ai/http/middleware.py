@@ -14,8 +14,6 @@ from edge_ai.http.context import HttpContext
 from edge_ai.http.intake import Intake, instances_for_audit
 from edge_ai.http.problems import Problem
 
-_NO_AUDIT = frozenset({"/v1/health/live", "/v1/health/ready", "/metrics"})  # probes: many a minute, no data
-
 
 class RequestAudit:
     def __init__(self, app: ASGIApp, ctx: HttpContext) -> None:
@@ -49,8 +47,7 @@ class RequestAudit:
             else:
                 await self.app(scope, counting_receive, watching_send)
         finally:
-            if path not in _NO_AUDIT or seen["status"] >= 400:
-                await to_thread.run_sync(self._record, scope, seen, time.monotonic() - started)
+            await to_thread.run_sync(self._record, scope, seen, time.monotonic() - started)
 
     def _record(self, scope: Scope, seen: dict[str, Any], seconds: float) -> None:
         state = scope.get("state", {})
