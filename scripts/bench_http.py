@@ -4,7 +4,7 @@
            finding, the SR written) vs the DIMSE path on the same node (storescu start -> the job's SR
            written, from the audit), sends interleaved; p50/p99.
   stow     STOW-RS of --ct-slices CT slices 512x512 in one multipart request into the node vs Orthanc's
-           DICOMweb plugin (Debian orthanc-dicomweb, fsync on): instances/s, median of 3 rounds.
+           DICOMweb plugin (Debian orthanc-dicomweb, fsync on): instances/s, median of 5 alternating rounds.
   rss      The node's RSS while it receives one ~2 GB STOW-RS request (streamed by the client, parts made on
            the fly) vs idle: peak VmRSS (20 ms samples) and VmHWM after resetting it.
 """
@@ -135,7 +135,7 @@ def _stow(url: str, parts: list[bytes], headers: dict[str, str]) -> float:
     return took
 
 
-def bench_stow(work: Path, slices: int, table: Callable[..., None], rounds: int = 3) -> None:
+def bench_stow(work: Path, slices: int, table: Callable[..., None], rounds: int = 5) -> None:
     node, key = _node(work, "node-stow")
     pacs = Orthanc(work / "orthanc-dicomweb", plugins=[ORTHANC_DICOMWEB]).start()
     rates: dict[str, list[float]] = {"Orthanc DICOMweb plugin (fsync)": [], "edge_ai STOW-RS (fsync)": []}
