@@ -14,6 +14,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,systemd]'
 	touch $@
 
+# torch for scripts/retrain.py and its test (the `train` extra; never a runtime dependency): the pinned CPU build
+$(BIN)/.train: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test,systemd,train]'
+	touch $@
+
 # DCMTK (storescu/echoscu/storescp), GDCM (gdcmscu), Orthanc with its DICOMweb plugin (a real PACS and
 # sender) and dciodvfy are the tests' peers; Chromium drives the dashboard tests; rsyslog with gnutls is the
 # audit record repository; systemd provides systemd-analyze (tests/system/test_deploy.py); libsystemd-dev
@@ -23,14 +28,21 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS); \
 	fi
 
+# dcmjs-dimse (JavaScript), an independent DICOM sender for the interop tests, from its committed lock file
+JS     := tests/interop/js
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 serve: $(BIN)/.installed
 	$(BIN)/edge-ai serve --config config/edge-ai.yaml
 
-test: system-deps $(BIN)/.installed
+test: system-deps $(BIN)/.installed $(BIN)/.train $(JS)/node_modules/.installed
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check edge_ai tests scripts
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var $(JS)/node_modules

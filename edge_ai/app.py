@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -16,77 +15,32 @@ from edge_ai.config import load as config_load
 from edge_ai.dicom.scp import StorageSCP
 from edge_ai.domain import JobState
 from edge_ai.errors import ConfigError, ModelError
+from edge_ai.grouping.completion import Completion
 from edge_ai.http import server as http_server
-from edge_ai.inference.engine import load_engine, self_test
 from edge_ai.inference.package import load_package
 from edge_ai.observability import logging as obs_logging
-from edge_ai.observability.audit import AuditLog
+from edge_ai.observability import pending
+from edge_ai.observability.agreement import Agreement, Policy, ShadowAgreement
+from edge_ai.observability.audit_trail import AuditTrail
 from edge_ai.observability.drift import DriftMonitor
+from edge_ai.observability.drift_jobs import DriftJobs
 from edge_ai.observability.metrics import Metrics
+from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
+from edge_ai.service.model_loading import load_models, load_shadows
+from edge_ai.service.stores import FILENAME as STORES_FILE
+from edge_ai.service.stores import open_stores
 from edge_ai.service.systemd import Notifier
 from edge_ai.service.workers import Pipeline, Served
 from edge_ai.spool import retention
 from edge_ai.spool.ingest import Ingest
-from edge_ai.spool.queue import Delivery, Queue
 from edge_ai.spool.store import Spool
 
 _STOP_BUDGET_S = 8.0  # SIGTERM -> exit, leaving margin under systemd's 10 s
 _DRAIN_S = 4.0  # of which associations in progress may use this much
 _PURGE_INTERVAL_S = 3600.0  # spool retention runs at start and then hourly
-
-
-@dataclass(frozen=True)
-class ModelCheck:
-    name: str
-    path: str
-    ok: bool
-    detail: str
-    runtime: str = ""
-
-
-def load_models(
-    cfg: Config, audit: Any | None = None, log: Any | None = None
-) -> tuple[dict[str, Served], list[ModelCheck]]:
-    """Hash-check, load and self-test every configured model; only passing ones are served."""
-    served: dict[str, Served] = {}
-    checks: list[ModelCheck] = []
-    for ref in cfg.models or []:
-        name = ref.path.name
-        try:
-            pkg = load_package(ref.path)
-            name = pkg.name
-            engine = load_engine(pkg, ref.runtime, cfg.storage.root / "engines",
-                                 on_skip=functools.partial(_skipped, audit, log, pkg.name))
-            ok, detail = self_test(engine)
-            if not ok:
-                engine.close()
-                raise ModelError(f"model {pkg.name}: {detail}")
-        except ModelError as exc:
-            checks.append(ModelCheck(name, str(ref.path), False, str(exc)))
-            if audit:
-                audit("model.rejected", model=name, path=str(ref.path), reason=str(exc))
-            if log:
-                log.error("model_rejected", model=name, reason=str(exc))
-            continue
-        served[pkg.name] = Served(engine)
-        checks.append(ModelCheck(pkg.name, str(ref.path), True, detail, engine.runtime))
-        if audit:
-            audit("model.loaded", model=pkg.name, version=pkg.version, sha256=pkg.sha256, runtime=engine.runtime,
-                  self_test="pass")
-        if log:
-            log.info("model_loaded", model=pkg.name, version=pkg.version, runtime=engine.runtime)
-    return served, checks
-
-
-def _skipped(audit: Any | None, log: Any | None, model: str, runtime: str, why: str) -> None:
-    """`runtime: auto` passed over a runtime: say which and why (e.g. no GPU, engine build failed)."""
-    if audit:
-        audit("model.runtime_skipped", model=model, runtime=runtime, reason=why)
-    if log:
-        log.info("model_runtime_skipped", model=model, runtime=runtime, reason=why)
 
 
 class App:
@@ -100,36 +54,48 @@ class App:
         self._reload = threading.Event()
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
-        self.audit_log = AuditLog(cfg.audit_path, cfg.audit.fsync_interval_ms / 1000)
-        self.metrics = Metrics(lambda: self.queue.counts(), root, lambda: self.drift.scores())
+        self.metrics = Metrics(lambda: self.stores.jobs.counts(), root, lambda: self.drift.scores(),
+                               agreement=lambda: (self.agreement.values(), self.shadow_agreement.values()))
+        self.audit_trail = AuditTrail(cfg, self.log, on_lag=self.metrics.observe_atna)
+        self.audit_log = self.audit_trail.log_file
         self.metrics_port: int | None = None
         self.audit = self._audited
         self.spool = Spool(root / "spool")
-        self.queue = Queue(root / "spool" / "queue.sqlite3", listener=self._on_job_state)
+        self.stores = open_stores(root, listener=self._on_job_state)
+        self.completion = Completion(self.stores.jobs, cfg.grouping.quiet_window_s, cfg.grouping.series_timeout_s)
         self.models, self.model_checks = load_models(cfg, self.audit, self.log)
+        self.shadows = load_shadows(cfg, self.models, self.audit, self.log)
         self.drift = DriftMonitor({}, cfg.drift.window, cfg.drift.threshold, self.audit, self.log)
+        db = root / STORES_FILE
+        self.agreement = Agreement(db, {}, self.audit, self.log)
+        self.shadow_agreement = ShadowAgreement()
+        self.drift_jobs = DriftJobs(db)
         self._models_changed()
         self.pipeline = self._make_pipeline(cfg, self.models)
         self.outbox = Outbox(
-            self.queue, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log,
+            self.stores.deliveries, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log,
             on_delivered=self._on_delivered,
         )
         self._started_at = time.time()
-        self.ingest = Ingest(self.spool, self.queue, cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes)
-        self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, on_release=self._wake_worker.set)
+        self.ingest = Ingest(self.spool, self.stores.db, self.stores.index, self.stores.jobs,
+                             cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes,
+                             carried=self.completion.carried)
+        self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, completion=self.completion)
         self.http = http_server.make(
-            cfg, ingest=self.ingest, queue=self.queue, audit=self.audit, log=self.log,
-            registry=self.metrics.registry, models=lambda: sorted(self.models), not_ready=self._not_ready,
-            wake_worker=self._wake_worker.set,
+            cfg, ingest=self.ingest, stores=self.stores, completion=self.completion, audit=self.audit,
+            log=self.log, registry=self.metrics.registry, models=lambda: sorted(self.models),
+            not_ready=self._not_ready, wake_worker=self._wake_worker.set, record_feedback=self.record_feedback,
         ) if cfg.http.enabled else None
         self._threads: list[threading.Thread] = []
 
     def _make_pipeline(self, cfg: Config, models: dict[str, Served]) -> Pipeline:
         return Pipeline(
-            self.queue, self.spool, models, cfg.routing or [], [d.name for d in cfg.destinations or []],
+            self.stores, self.spool, models, cfg.routing or [], [d.name for d in cfg.destinations or []],
             DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
             on_stage=self.metrics.observe_stage, on_tensor=self._on_tensor,
-            on_error=self.metrics.observe_error, model_for=self._model_for,
+            on_error=self.metrics.observe_error, shadows=self.shadows, on_inferred=self._on_inferred,
+            on_shadow=self.shadow_agreement.observe,
+            model_for=self._model_for,
         )
 
     def _model_for(self, job_id: int) -> str | None:
@@ -162,6 +128,14 @@ class App:
         refs = {name: s.engine.package.reference for name, s in self.models.items()}
         self.drift.set_references(refs, self.cfg.drift.window, self.cfg.drift.threshold)
         self.metrics.set_models(self._model_versions())
+        settings = {s.engine.package.name: ref for s in self.models.values() for ref in self.cfg.models or []
+                    if _configures(ref.path, s)}
+        policies = {name: Policy(s.engine.package.version, settings[name].agreement_window if name in settings else 50,
+                                 settings[name].min_agreement if name in settings else 0.8)
+                    for name, s in self.models.items()}
+        self.agreement.set_policies(policies)
+        self.shadow_agreement.configure({name: (s.engine.package.version, policies[name].window)
+                                         for name, s in self.shadows.items() if name in policies})
 
     def _model_versions(self) -> dict[str, tuple[str, str]]:
         return {name: (s.engine.package.version, s.engine.runtime) for name, s in self.models.items()}
@@ -172,9 +146,26 @@ class App:
         except Exception:  # drift is a side channel: it never fails a job
             self.log.exception("drift_error", model=model)
 
+    def _on_inferred(self, job: Any, pkg: Any, images: int) -> None:
+        """After each live inference: remember the window's drift score with this job's images in it."""
+        try:
+            state = next((s for s in self.drift.states() if s.model == pkg.name), None)
+            self.drift_jobs.observed(job.id, pkg.name, pkg.version, images, state, self.drift.threshold)
+        except Exception:  # a side channel: it never fails a job
+            self.log.exception("drift_jobs_error", model=pkg.name)
+
+    def record_feedback(self, job_id: int, agree: bool, findings: list[dict[str, Any]] | None = None,
+                        comment: str | None = None, principal: str | None = None) -> int:
+        """A reader's verdict on a job (POST /v1/jobs/{id}/feedback calls this); returns the feedback id.
+
+        Raises:
+            FeedbackError: kind unknown_job (404), no_result (409) or invalid (422).
+        """
+        return self.agreement.record_feedback(job_id, agree, findings, comment, principal)
+
     def _on_delivered(self, delivery: Delivery, seconds: float) -> None:
         self.metrics.observe_stage("delivery", seconds)
-        received = self.queue.last_instance_at(delivery.job_id)
+        received = self.stores.jobs.last_instance_at(delivery.job_id)
         if received is not None:
             self.metrics.observe_time_to_result(delivery.destination, time.time() - received)
 
@@ -192,8 +183,10 @@ class App:
     def _write_status(self) -> None:
         content = node_status.snapshot(
             pid=_pid(), version=__version__, started_at=self._started_at, models=self._model_versions(),
-            drift=self.drift.states(), threshold=self.drift.threshold, counts=self.queue.counts(),
-            metrics_port=self.metrics_port,
+            drift=self.drift.states(), threshold=self.drift.threshold, counts=self.stores.jobs.counts(),
+            metrics_port=self.metrics_port, agreement=self.agreement.states(),
+            shadows={name: {**state, "runtime": self.shadows[name].engine.runtime}
+                     for name, state in self.shadow_agreement.states().items() if name in self.shadows},
         )
         try:
             node_status.write(self.cfg.storage.root / node_status.FILENAME, content)
@@ -213,6 +206,7 @@ class App:
         except ConfigError as exc:
             return self._reload_refused(str(exc))
         models, checks = load_models(cfg, self.audit, self.log)
+        shadows = load_shadows(cfg, models, self.audit, self.log)
         failed = [c for c in checks if not c.ok]
         missing = sorted({m for r in cfg.routing or [] for m in r.model_names} - set(models))
         if failed or missing:
@@ -220,6 +214,7 @@ class App:
         if cfg.node != self.cfg.node or cfg.storage != self.cfg.storage or cfg.http != self.cfg.http:
             self.log.warning("reload_partial", detail="node, storage and http settings take effect at restart")
             cfg.node, cfg.storage, cfg.http = self.cfg.node, self.cfg.storage, self.cfg.http
+        self.shadows = shadows
         self.pipeline = self._make_pipeline(cfg, models)
         self.outbox.destinations = {d.name: d for d in cfg.destinations or []}
         self.cfg, self.models, self.model_checks = cfg, models, checks
@@ -248,6 +243,7 @@ class App:
         self._stop.set()
         self._wake_worker.set()
         self._wake_outbox.set()
+        self.completion.changed.set()
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._signal)
@@ -258,21 +254,23 @@ class App:
         self.request_stop()
 
     def start(self) -> None:
+        self.audit_trail.start()
         self.audit("node.start", version=__version__, ae_title=self.cfg.node.ae_title,
                    port=self.cfg.node.port, pid=_pid())
         self.audit("config.loaded", path=str(self.cfg.source or ""), sha256=self.cfg.sha256)
         for problem in self.ingest.recover_orphans():
             self.audit("spool.unreadable", detail=problem)
             self.log.error("spool_unreadable", detail=problem)
-        resumed = self.queue.recover()
-        self.queue.ready_after_silence(self.cfg.grouping.series_timeout_s)
+        resumed = self.stores.jobs.recover()
         self.scp.start()
-        for name, target in (("inference-worker", self._worker_loop), ("outbox", self._outbox_loop)):
+        for name, target in (("inference-worker", self._worker_loop), ("outbox", self._outbox_loop),
+                             ("grouping", self._grouping_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         self._wake_worker.set()
         self._wake_outbox.set()
+        self._side_channels()
         self._start_metrics()
         if self.http is not None:  # readiness includes the HTTP API: it is up before READY=1
             port = self.http.start()
@@ -293,10 +291,11 @@ class App:
         last_snapshot = time.monotonic()
         last_purge = -float("inf")
         while not self._stop.wait(tick):
+            self._side_channels()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            self.queue.ready_after_silence(self.cfg.grouping.series_timeout_s)
+                self._write_status()
             now = time.monotonic()
             if now - last_watchdog >= interval and self._healthy():
                 self.notifier.watchdog()
@@ -310,6 +309,14 @@ class App:
                 last_purge = -float("inf") if self._purge() else now
         return self.shutdown()
 
+    def _side_channels(self) -> None:
+        """Audit events left by command-line tools, and reader verdicts stored by other processes."""
+        try:
+            pending.drain(self.cfg.storage.root, self.audit)
+            self.agreement.process_pending()
+        except Exception:  # never stops the main loop; tried again next tick
+            self.log.exception("side_channel_error")
+
     def _purge_interval(self) -> float:
         """Hourly; more often for a retention shorter than four hours (a test, a tiny appliance disk)."""
         return min(_PURGE_INTERVAL_S, max(1.0, self.cfg.storage.retention_days * retention.DAY_S / 4))
@@ -318,7 +325,7 @@ class App:
         """One bounded step of spool retention (storage.retention_days); True when there is more to do.
         A failure is logged and tried again at the next interval."""
         try:
-            done = retention.purge(self.queue, self.cfg.storage.retention_days, self.audit, log=self.log)
+            done = retention.purge(self.stores.index, self.cfg.storage.retention_days, self.audit, log=self.log)
         except Exception:
             self.log.exception("spool_purge_failed")
             return False
@@ -331,7 +338,7 @@ class App:
                 and (self.http is None or self.http.healthy()))
 
     def _status_line(self) -> str:
-        counts = self.queue.counts()
+        counts = self.stores.jobs.counts()
         return (f"queue received={counts['received']} ready={counts['ready']} inferring={counts['inferring']}"
                 f" reported={counts['reported']} failed={counts['failed']}")
 
@@ -356,8 +363,10 @@ class App:
             self.http.close()
         self._write_status()
         self.audit("node.stop", pid=_pid())
-        self.queue.close()
-        self.audit_log.close()
+        self.agreement.close()
+        self.drift_jobs.close()
+        self.stores.close()
+        self.audit_trail.close()
         return 0
 
     def _drain_associations(self, until: float) -> None:
@@ -371,13 +380,26 @@ class App:
     # ---- loops ---------------------------------------------------------------------------------
     def _worker_loop(self) -> None:
         while not self._stop.is_set():
-            job = self.queue.claim_ready()
+            job = self.stores.jobs.claim_ready()
             if job is None:
                 self._wake_worker.wait(1.0)
                 self._wake_worker.clear()
                 continue
             pipeline = self.pipeline  # a reload swaps it; this job finishes on the one it started with
             pipeline.process(job)
+
+    def _grouping_loop(self) -> None:
+        """Completes series as grouping's rules make them whole (grouping/completion.py); wakes early when
+        a carrier ends, so a release or a quiet window is acted on within milliseconds."""
+        while not self._stop.is_set():
+            try:
+                _, soonest = self.completion.run_due()
+            except Exception:  # a database hiccup: try again shortly, never stop grouping
+                self.log.exception("grouping_error")
+                soonest = None
+            wait = 1.0 if soonest is None else max(0.005, min(1.0, soonest - time.time()))
+            self.completion.changed.wait(wait)
+            self.completion.changed.clear()
 
     def _outbox_loop(self) -> None:
         while not self._stop.is_set():
@@ -388,10 +410,18 @@ class App:
                 attempted = 0
             if attempted:
                 continue
-            next_at = self.queue.next_delivery_at()
+            next_at = self.stores.deliveries.next_at()
             wait = 1.0 if next_at is None else max(0.0, min(1.0, next_at - time.time()))
             self._wake_outbox.wait(wait)
             self._wake_outbox.clear()
+
+
+def _configures(path: Path, served: Served) -> bool:
+    """Whether the configured package at `path` is the one `served` stands for (itself or a kept version)."""
+    try:
+        return load_package(path, verify_hash=False).name == served.engine.package.name
+    except ModelError:
+        return False
 
 
 def _pid() -> int:

@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge_ai import __version__
+from edge_ai import __version__, loop_cli
 from edge_ai import config as config_mod
 from edge_ai.errors import ConfigError, EdgeAIError, ModelError
 
@@ -27,7 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("check-config", help="validate the config and every model it names"))
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    with_config(audit_sub.add_parser("verify", help="check the audit log's hash chain"))
+    verify = audit_sub.add_parser("verify", help="check the audit log's hash chain, seals and segments")
+    verify.add_argument("--fast", action="store_true",
+                        help="check from the newest recorded seal only (default: every line of every segment)")
+    with_config(verify)
     model = sub.add_parser("model", help="model package tools")
     model_sub = model.add_subparsers(dest="model_command", required=True)
     validate = model_sub.add_parser("validate", help="check a package's hash and run its self-test")
@@ -47,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = apikey_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
     with_config(revoke)
+    loop_cli.add_parsers(sub, model_sub, with_config)
     return p
 
 
@@ -69,12 +73,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    done = loop_cli.dispatch(args)
+    if done is not None:
+        return done
     if args.command == "serve":
         return _serve(args.config)
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "audit":
-        return _audit_verify(args.config)
+        return _audit_verify(args.config, args.fast)
     if args.command == "model" and args.model_command == "validate":
         return _model_validate(args.path, args.runtime)
     if args.command == "model" and args.model_command == "build-engine":
@@ -98,10 +105,11 @@ def _serve(path: Path | None) -> int:
 
 
 def _check_config(path: Path | None) -> int:
-    from edge_ai.app import load_models
+    from edge_ai.service.model_loading import load_models
 
     cfg = _load(path)
     _check_tls(cfg)
+    _check_audit(cfg)
     _check_http(cfg)
     served, checks = load_models(cfg)
     for c in checks:
@@ -197,15 +205,48 @@ def _when(t: object) -> str:
     return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="seconds") if isinstance(t, int | float) else "?"
 
 
-def _audit_verify(path: Path | None) -> int:
-    from edge_ai.observability.audit import verify
+def _check_audit(cfg: config_mod.Config) -> None:
+    """The seal key (when configured: it is never made for a named file) and the ATNA TLS files.
+
+    Raises:
+        ConfigError: naming audit.seal_key_file or audit.atna.tls.
+    """
+    import ssl
+
+    from edge_ai.observability.atna_sender import client_context
+    from edge_ai.observability.audit_seals import load_key
+
+    if cfg.audit.seal_key_file is not None:
+        load_key(cfg.audit.seal_key_file, cfg.storage.root, create=False)
+    if cfg.audit.atna is not None:
+        try:
+            client_context(cfg.audit.atna)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"audit.atna.tls: cannot load: {exc}") from exc
+
+
+def _audit_verify(path: Path | None, fast: bool) -> int:
+    from edge_ai.observability.audit_seals import load_key, open_readonly
+    from edge_ai.observability.audit_trail import seals_path
+    from edge_ai.observability.audit_verify import verify
 
     cfg = _load(path)
-    result = verify(cfg.audit_path)
+    key = load_key(cfg.audit.seal_key_file, cfg.storage.root, create=False)
+    store = open_readonly(seals_path(cfg))
+    try:
+        result = verify(cfg.audit_path, key, store, fast=fast)
+    finally:
+        if store is not None:
+            store.close()
     if result.ok:
-        print(f"{cfg.audit_path}: intact ({result.lines} lines)")
+        print(f"{cfg.audit_path}: intact ({result.mode}: {result.lines} lines, {result.seals} seals verified, "
+              f"{result.unsealed} lines after the last seal)")
         return EXIT_OK
-    where = f"line {result.bad_line}" if result.bad_line else "file"
+    where = result.segment or "log"
+    if result.bad_line:
+        where += f" line {result.bad_line}"
+    if result.bad_seq:
+        where += f" (seq {result.bad_seq})"
     print(f"{cfg.audit_path}: broken at {where}: {result.reason}")
     return EXIT_FAIL
 
@@ -246,35 +287,38 @@ def _build_engine(path: Path, config_path: Path | None) -> int:
 
 def _status(path: Path | None) -> int:
     from edge_ai.service import status as node_status
-    from edge_ai.spool.queue import Queue
+    from edge_ai.service.stores import FILENAME, open_stores
 
     cfg = _load(path)
-    db = cfg.storage.root / "spool" / "queue.sqlite3"
+    db = cfg.storage.root / FILENAME
     if not db.exists():
         print(f"no spool at {db} yet (the node has not run with this config)")
         return EXIT_OK
-    queue = Queue(db)
+    stores = open_stores(cfg.storage.root)
     try:
-        counts = queue.counts()
+        counts = stores.jobs.counts()
         print("jobs by state: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         print("last results:")
-        for r in queue.recent_reports():
+        for r in stores.jobs.recent_reports():
             when = datetime.fromtimestamp(float(r["created_at"]), UTC).isoformat(timespec="seconds")  # type: ignore[arg-type]
             verdict = "POSITIVE" if r["positive"] else "negative"
             print(f"  {when} series {r['series_uid']} {r['model_name']} {r['model_version']} ({r['runtime']}): "
                   f"{verdict} p={float(r['probability']):.3f}")  # type: ignore[arg-type]
-        dead = queue.dead_letters()
+        dead = stores.deliveries.dead_letters()
         print(f"dead letters: {len(dead)}")
         for d in dead:
             print(f"  {d['destination']}: SR {d['sop_instance_uid']} after {d['attempts']} attempts: {d['reason']}")
-        for f in queue.failed_jobs():
+        for f in stores.jobs.failed_jobs():
             print(f"failed job {f['id']} series {f['series_uid']}: {f['reason']}")
     finally:
-        queue.close()
+        stores.close()
     # runtime and drift per model: only the running node knows them; it leaves a snapshot every few seconds
     snapshot = node_status.read(cfg.storage.root / node_status.FILENAME)
     if snapshot is None:
         print("models: no status snapshot (the node has not run with this config)")
     else:
         print("\n".join(node_status.render_models(snapshot)))
+    from edge_ai.observability.audit_status import render
+
+    print("\n".join(render(cfg)))
     return EXIT_OK

@@ -65,6 +65,9 @@ class TLS(_Section):
 class AllowedCaller(_Section):
     ae_title: AETitle
     hosts: list[str] = Field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+    # how this caller delivers: "series" (whole series per association: complete at release) or
+    # "instances" (one or a few per association: complete after grouping.quiet_window_s); unset = instances
+    sends: Literal["series", "instances"] | None = None
 
     _ae = field_validator("ae_title")(_check_ae)
 
@@ -95,19 +98,28 @@ class Node(_Section):
 class Storage(_Section):
     root: Path = Path("../var")
     min_free_bytes: int = Field(2 * 1024**3, ge=0)
-    # Rows x Columns x Frames x SamplesPerPixel x BitsAllocated/8 above this is refused before any decode
-    max_instance_bytes: int = Field(256 * 1024**2, ge=1024 * 1024, le=16 * 1024**3)
+    # Rows x Columns x Frames x SamplesPerPixel x BitsAllocated/8 (or the encoded size) above this is
+    # refused before any decode; 1 GiB holds a 1000-frame 512 x 512 16-bit Enhanced CT (500 MiB) twice
+    # over, and the worker decodes one frame at a time, so memory does not follow it
+    max_instance_bytes: int = Field(1024**3, ge=1024 * 1024, le=16 * 1024**3)
     # received images of a series are deleted this long after its last job was delivered; 0 keeps them
     retention_days: float = Field(7, ge=0, le=3650)
 
 
 class Grouping(_Section):
+    # a series still on an open association, or whose association was aborted, completes after this much silence
     series_timeout_s: float = Field(10, gt=0, le=86400)
+    # after the release of a series' last association, this much quiet (no new instance, no new association
+    # for it) completes it, unless its caller declared sends: series (then: at release); never longer than
+    # series_timeout_s
+    quiet_window_s: float = Field(2.0, ge=0, le=600)
 
 
 class ModelRef(_Section):
     path: Path
     runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    agreement_window: int = Field(50, ge=1, le=100000)  # reader verdicts the agreement figure is taken over
+    min_agreement: float = Field(0.8, ge=0, le=1)  # below it (window full): model.agreement_low
 
 
 class Range(_Section):
@@ -188,10 +200,35 @@ class DicomDestination(_Section):
 Destination = Annotated[FolderDestination | DicomDestination, Field(discriminator="type")]
 
 
+class AtnaTLS(_Section):
+    ca_certificates: Path | None = None  # unset: the system's trusted CAs
+    certificate: Path | None = None  # with private_key: mutual TLS
+    private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> AtnaTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (mutual TLS) or not at all")
+        return self
+
+
+class Atna(_Section):
+    """The hospital's Audit Record Repository: syslog over TLS (RFC 5425)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(6514, ge=1, le=65535)
+    tls: AtnaTLS = AtnaTLS()
+
+
 class Audit(_Section):
     path: Path | None = None  # default: <storage.root>/audit/audit.jsonl
     # 0: fsync every line before going on; above 0: fsync in groups within this many milliseconds
     fsync_interval_ms: int = Field(20, ge=0, le=1000)
+    seal_key_file: Path | None = None  # unset: <storage.root>/keys/audit-seal.key, made at first start
+    seal_every: int = Field(100, ge=1, le=1_000_000)
+    segment_bytes: int = Field(64 * 1024**2, ge=4096, le=16 * 1024**3)
+    retention_days: float = Field(2190, gt=0, le=36500)
+    atna: Atna | None = None
 
 
 class Metrics(_Section):
@@ -235,6 +272,11 @@ class Http(_Section):
     auth: HttpAuth = HttpAuth()
 
 
+class Export(_Section):
+    # secret for consistent UID/ID pseudonyms; unset: storage.root/export-hmac.key, made at first use (0600)
+    hmac_key_file: Path | None = None
+
+
 class Config(_Section):
     node: Node = Node()
     storage: Storage = Storage()
@@ -245,6 +287,7 @@ class Config(_Section):
     audit: Audit = Audit()
     metrics: Metrics = Metrics()
     drift: Drift = Drift()
+    export: Export = Export()
     http: Http = Http()
     # set by load(): where relative paths were resolved from, and the file's hash for the audit
     source: Path | None = Field(default=None, exclude=True)
@@ -350,6 +393,15 @@ def _resolved(cfg: Config, base: Path) -> Config:
 
     cfg.storage.root = rel(cfg.storage.root)
     cfg.audit.path = rel(cfg.audit.path) if cfg.audit.path else cfg.storage.root / "audit" / "audit.jsonl"
+    if cfg.audit.seal_key_file is not None:
+        cfg.audit.seal_key_file = rel(cfg.audit.seal_key_file)
+    if cfg.audit.atna is not None:
+        for attr in ("certificate", "private_key", "ca_certificates"):
+            value = getattr(cfg.audit.atna.tls, attr)
+            if value is not None:
+                setattr(cfg.audit.atna.tls, attr, rel(value))
+    if cfg.export.hmac_key_file is not None:
+        cfg.export.hmac_key_file = rel(cfg.export.hmac_key_file)
     auth = cfg.http.auth
     auth.api_keys = rel(auth.api_keys) if auth.api_keys else cfg.storage.root / "api-keys.json"
     auth.hmac_key_file = rel(auth.hmac_key_file) if auth.hmac_key_file else None

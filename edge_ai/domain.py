@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 
@@ -15,6 +16,19 @@ class JobState(enum.StrEnum):
     REPORTED = "reported"
     DELIVERED = "delivered"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation of one series' work, as a worker claims it."""
+
+    id: int
+    series_id: int
+    series_uid: str
+    study_uid: str
+    modality: str
+    generation: int
+    state: JobState
 
 
 @dataclass(frozen=True)
@@ -66,11 +80,13 @@ class Finding:
 
 @dataclass(frozen=True)
 class InstanceScore:
-    """The model's score for one source instance (every instance gets one, finding or not)."""
+    """The model's score for one source image (every instance, or every frame of a multi-frame one, gets
+    one, finding or not)."""
 
     sop_instance_uid: str
     probability: float
     box: Box
+    frame_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,3 +101,27 @@ class InferenceResult:
     threshold: float
     findings: tuple[Finding, ...] = ()
     scores: tuple[InstanceScore, ...] = field(default=())
+
+
+_STRICT_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def uid_problem(value: str) -> str | None:
+    """Why a peer's UID cannot be kept (None: it can). Storage is lenient as storescp, pynetdicom and
+    Orthanc are (a component with a leading zero, a letter); only what is unsafe anywhere is refused:
+    empty, over 64 characters, path separators, '..', control characters. Such a value is never used
+    in a file path as it is: where a UID names a file or folder, `strict_uid` decides or it is hashed."""
+    if not value:
+        return "missing"
+    if len(value) > 64:
+        return "longer than 64 characters"
+    if "/" in value or "\\" in value or ".." in value:
+        return "contains a path separator or '..'"
+    if any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+        return "contains control or non-ASCII characters"
+    return None
+
+
+def strict_uid(value: str) -> bool:
+    """A UID exactly as PS3.5 9.1 writes them: digits and dots, no leading zeros, at most 64 characters."""
+    return len(value) <= 64 and _STRICT_UID.match(value) is not None

@@ -10,20 +10,28 @@ Typical use::
     rng = np.random.default_rng(7)
     ds, truth = dx_case(rng, lesion=True)               # one DX instance + where the nodule is
     series, truth = ct_case(rng, slices=40, lesion=True)  # one CT series + where the lesion is
+    volume, truth = ct_volume(rng, slices=400, size=128, lesion=True, lesion_at=300)
+    enhanced = enhanced_ct_dataset(volume)                 # the same volume as one Enhanced CT instance
     write_dataset(ds, "/tmp/dx.dcm")
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+)
 from pydicom.uid import generate_uid as _generate_uid
 
 __all__ = [
@@ -34,7 +42,9 @@ __all__ = [
     "ct_volume",
     "dx_case",
     "dx_dataset",
+    "enhanced_ct_dataset",
     "write_dataset",
+    "write_multiframe",
 ]
 
 HU_OFFSET = 1024  # CT stored value = HU + 1024; RescaleIntercept = -1024
@@ -208,7 +218,8 @@ def _place_round(rng: np.random.Generator, mask: np.ndarray, size: int, rmin: fl
 
 
 def ct_volume(
-    rng: np.random.Generator, slices: int = 40, size: int = 512, lesion: bool | None = None
+    rng: np.random.Generator, slices: int = 40, size: int = 512, lesion: bool | None = None,
+    lesion_at: int | None = None,
 ) -> tuple[np.ndarray, Lesion | None]:
     """Axial slices (head to feet) of a chest/upper-abdomen body phantom.
 
@@ -217,6 +228,7 @@ def ct_volume(
         slices: number of axial slices (5 mm apart when written by `ct_series_datasets`).
         size: rows = columns.
         lesion: True forces a lesion, False forbids one, None draws one with p = 0.5.
+        lesion_at: the slice the lesion is centred on (kept 1-3 slices from the ends); None draws it.
 
     Returns:
         (int16 array [slices, size, size] of STORED values, i.e. HU + 1024, the lesion or None).
@@ -271,13 +283,15 @@ def ct_volume(
         hu[k] = s
     truth: Lesion | None = None
     if _want_lesion(rng, lesion):
-        truth = _ct_lesion(rng, hu, tissue, size)
+        truth = _ct_lesion(rng, hu, tissue, size, lesion_at)
     hu = np.stack([_box_blur(h, 1) for h in hu])
     hu += rng.normal(0.0, 12.0, hu.shape).astype(np.float32)
     return np.clip(np.rint(hu) + HU_OFFSET, -32768, 32767).astype(np.int16), truth
 
 
-def _ct_lesion(rng: np.random.Generator, hu: np.ndarray, tissue: np.ndarray, size: int) -> Lesion:
+def _ct_lesion(
+    rng: np.random.Generator, hu: np.ndarray, tissue: np.ndarray, size: int, at: int | None = None
+) -> Lesion:
     """Burn a hyperdense sphere into `hu` where every slice it spans is soft tissue."""
     slices = hu.shape[0]
     half = int(rng.integers(1, 4))  # spans 2*half+1 slices
@@ -285,7 +299,7 @@ def _ct_lesion(rng: np.random.Generator, hu: np.ndarray, tissue: np.ndarray, siz
     angles = np.linspace(0.0, 2 * np.pi, 24, endpoint=False)
     for attempt in range(2000):
         radius = float(rng.uniform(0.025, 0.05 if attempt < 1000 else 0.03)) * size
-        kc = int(rng.integers(half, slices - half))
+        kc = int(rng.integers(half, slices - half)) if at is None else min(max(at, half), slices - half - 1)
         rows, cols = np.nonzero(tissue[kc])
         if len(rows) == 0:
             continue
@@ -534,6 +548,105 @@ def ct_series_datasets(
         _pixel_module(ds, plane, bits_stored=16, signed=True)
         out.append(ds)
     return out
+
+
+def _item(**values: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def enhanced_ct_dataset(
+    volume: np.ndarray | None,
+    *,
+    shape: tuple[int, int, int] | None = None,
+    order: Sequence[int] | None = None,
+    per_frame_values: bool = False,
+    slice_thickness_mm: float = 5.0,
+    pixel_spacing_mm: float = 0.7,
+    window: tuple[float, float] = (40.0, 400.0),
+    series_number: int = 3,
+    **identifiers: str,
+) -> Dataset:
+    """One Enhanced CT Image Storage instance holding every slice of `volume` as a frame.
+
+    Geometry as `ct_series_datasets`: slice i at z = -i * slice_thickness_mm; per-frame Plane Position
+    and Frame Content, shared Pixel Measures and Plane Orientation. Enough for the node's pipeline (not
+    a complete Enhanced CT IOD for dciodvfy).
+
+    Args:
+        volume: int16 [slices, rows, columns] of stored values (HU + 1024, from `ct_volume`); None
+            leaves Pixel Data out (then `shape` gives the geometry; `write_multiframe` adds the frames).
+        order: the slice each stored frame holds (frame k = slice order[k]); default slice order, so
+            frame number = slice index + 1.
+        per_frame_values: rescale (Pixel Value Transformation) and window (Frame VOI LUT) in every
+            frame's Per-frame Functional Groups instead of the Shared ones.
+        Other arguments: as `ct_series_datasets` (identifiers: patient_id, study_instance_uid, ...).
+    """
+    slices, rows, cols = volume.shape if volume is not None else (shape or (0, 0, 0))
+    order = list(range(slices)) if order is None else [int(k) for k in order]
+    ds = _base(
+        EnhancedCTImageStorage, "CT", patient_id=identifiers.get("patient_id"),
+        patient_name=identifiers.get("patient_name"), study_instance_uid=identifiers.get("study_instance_uid"),
+        series_instance_uid=identifiers.get("series_instance_uid"),
+        accession_number=identifiers.get("accession_number"), study_date=identifiers.get("study_date"),
+        study_time=identifiers.get("study_time"), series_number=series_number,
+    )  # fmt: skip
+    ds.FrameOfReferenceUID = identifiers.get("frame_of_reference_uid") or _generate_uid()
+    ds.PositionReferenceIndicator = ""
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.AcquisitionDateTime = ds.StudyDate + ds.StudyTime
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = len(order)
+    ds.SamplesPerPixel, ds.Rows, ds.Columns = 1, rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.LossyImageCompression = "00"
+    ds.PresentationLUTShape = "IDENTITY"
+    values = {
+        "PixelValueTransformationSequence": [_item(RescaleIntercept=str(-HU_OFFSET), RescaleSlope="1",
+                                                   RescaleType="HU")],
+        "FrameVOILUTSequence": [_item(WindowCenter=f"{window[0]:g}", WindowWidth=f"{window[1]:g}")],
+    }
+    shared = _item(
+        PixelMeasuresSequence=[
+            _item(PixelSpacing=[f"{pixel_spacing_mm:g}"] * 2, SliceThickness=f"{slice_thickness_mm:g}")
+        ],
+        PlaneOrientationSequence=[_item(ImageOrientationPatient=["1", "0", "0", "0", "1", "0"])],
+        **({} if per_frame_values else values),
+    )
+    ds.SharedFunctionalGroupsSequence = [shared]
+    x0, y0 = -pixel_spacing_mm * cols / 2.0, -pixel_spacing_mm * rows / 2.0
+    ds.PerFrameFunctionalGroupsSequence = [
+        _item(
+            FrameContentSequence=[_item(InStackPositionNumber=k + 1, StackID="1", DimensionIndexValues=[1, k + 1])],
+            PlanePositionSequence=[_item(ImagePositionPatient=[f"{x0:g}", f"{y0:g}", f"{-k * slice_thickness_mm:g}"])],
+            **(values if per_frame_values else {}),
+        )
+        for k in order
+    ]
+    if volume is not None:
+        ds.PixelData = np.ascontiguousarray(volume[order].astype("<i2")).tobytes()
+    return ds
+
+
+def write_multiframe(ds: Dataset, frames: Iterable[np.ndarray], path: str | Path) -> None:
+    """Write `ds` (no Pixel Data yet, Explicit VR Little Endian) and then `frames` as its Pixel Data,
+    one frame at a time: a 1000-frame 512 x 512 file is made without holding its 500 MiB."""
+    if "PixelData" in ds:
+        raise ValueError("ds already has Pixel Data")
+    write_dataset(ds, path)
+    size = int(ds.Rows) * int(ds.Columns) * 2 * int(ds.NumberOfFrames)
+    with open(path, "ab") as f:
+        f.write(b"\xe0\x7f\x10\x00OW\x00\x00" + size.to_bytes(4, "little"))
+        written = 0
+        for frame in frames:
+            data = np.ascontiguousarray(frame, dtype="<i2").tobytes()
+            f.write(data)
+            written += len(data)
+    if written != size:
+        raise ValueError(f"frames hold {written} bytes, Number of Frames x Rows x Columns x 2 is {size}")
 
 
 def dx_case(

@@ -1,5 +1,7 @@
 """Fuzz the path from received bytes to model tensor: Part-10 header parse -> ingest checks -> decode ->
-pixels.preprocess. Input: [transfer syntax index, SOP class index] + data set bytes.
+pixels.preprocess, and the worker's frame-by-frame path (imaging.frames: frame layout from the stored
+bytes, one frame decoded, pixels.preprocess_stored) on up to 3 frames.
+Input: [transfer syntax index, SOP class index] + data set bytes.
 
 Allowed outcomes are the ones the node turns into an answer: RejectedInstance (a refusal the SCP maps to a DIMSE status) at ingest
 (strict: any other exception there would be answered 0x0110 instead of the right status); in the worker
@@ -33,7 +35,7 @@ with atheris.instrument_imports(include=["edge_ai", "pydicom"] if DEEP else ["ed
 
     from edge_ai.dicom.contexts import STORAGE_CLASSES, TRANSFER_SYNTAXES
     from edge_ai.errors import ImagingError, RejectedInstance
-    from edge_ai.imaging import pixels
+    from edge_ai.imaging import frames, pixels
     from edge_ai.inference.package import Preprocessing, Window
     from edge_ai.spool.ingest import DEFAULT_MAX_INSTANCE_BYTES, examine
 
@@ -72,6 +74,7 @@ def one_input(data: bytes) -> None:
         ds.get("PixelData")
     except Exception:  # the worker fails the job: "stored file no longer parses"
         return
+    frame_by_frame(received)
     try:
         tensor = pixels.preprocess(ds, SPEC)
     except ImagingError:
@@ -79,6 +82,32 @@ def one_input(data: bytes) -> None:
     except Exception:  # the worker's boundary fails the job with the reason; only BaseExceptions escape it
         return
     assert tensor.shape == (1, 32, 32), tensor.shape
+
+
+def frame_by_frame(received: bytes) -> None:
+    """The worker's path (service/reading.py) on the same bytes: same allowed outcomes."""
+
+    def read_at(at: int, size: int) -> bytes:
+        return received[at:at + size]
+
+    tensors = []
+    try:
+        fp = io.BytesIO(received)
+        header = pydicom.dcmread(fp, stop_before_pixels=True)
+        offset = fp.tell()
+        listed = frames.frames(header)
+        layout = frames.pixel_layout(header, read_at, offset)
+        if layout is None:  # the worker lets pydicom read it: covered by the whole-decode path
+            return
+        for frame in listed[:3]:
+            ds = frames.frame_header(header, frame)
+            stored = frames.stored_frame(ds, layout, read_at, frame.index)
+            tensors.append(pixels.preprocess_stored(ds, stored, SPEC))
+    except ImagingError:
+        return
+    except Exception:  # the worker's boundary fails the job with the reason; only BaseExceptions escape it
+        return
+    assert all(t.shape == (1, 32, 32) for t in tensors), [t.shape for t in tensors]
 
 
 def main() -> None:

@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from edge_ai import phantoms  # noqa: E402
-from edge_ai.dicom.contexts import DX_PRESENTATION, STORAGE_CLASSES, TRANSFER_SYNTAXES  # noqa: E402
+from edge_ai.dicom.contexts import (  # noqa: E402
+    DX_PRESENTATION,
+    ENHANCED_CT,
+    STORAGE_CLASSES,
+    TRANSFER_SYNTAXES,
+)
 
 
 def ingest_seeds() -> list[bytes]:
@@ -34,6 +39,15 @@ def ingest_seeds() -> list[bytes]:
         raw = buf.getvalue()
         prefix = bytes([TRANSFER_SYNTAXES.index(ts), classes.index(DX_PRESENTATION)])
         out.append(prefix + raw[_after_meta(raw):])
+    volume, _ = phantoms.ct_volume(np.random.default_rng(1), slices=3, size=16, lesion=False)
+    for ts in ("1.2.840.10008.1.2.1", RLELossless):  # Enhanced CT, 3 frames: the frame-by-frame path
+        ds = phantoms.enhanced_ct_dataset(volume)
+        if ts == RLELossless:
+            ds.compress(ts)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        raw = buf.getvalue()
+        out.append(bytes([TRANSFER_SYNTAXES.index(ts), classes.index(ENHANCED_CT)]) + raw[_after_meta(raw):])
     return out
 
 

@@ -8,6 +8,9 @@ Sections (default: all):
           (no fsync), Orthanc (fsync) and the node (Success only after fsync): instances/s and ratios.
   ct      CT time-to-result: association release (storescu exit) -> SR stored in Orthanc, and the
           model's slices/s on this CPU (from the node's audit), with the node's peak RSS.
+  patterns  Series completion by delivery pattern (a --pattern-slices CT): sent whole by a caller that
+          declared `sends: series`, sent whole by an undeclared caller, and one instance per association
+          (storescu run per slice): last instance stored -> SR stored in Orthanc, beside the quiet window.
   rss     Node memory on a ~1 GB study (--rss-slices x 512 x 512 CT, one series, one association):
           RSS when idle, peak while receiving, peak while processing, and VmHWM, against 300 MB.
           Not part of the default run (it writes ~2 GB to disk and takes a few minutes).
@@ -15,8 +18,11 @@ Sections (default: all):
           path on the same node; STOW-RS of --ct-slices slices vs Orthanc's DICOMweb plugin; node RSS
           during one --http-rss-bytes STOW-RS request vs idle. Not part of the default run.
 
-Usage: python scripts/bench.py [dx ingest ct rss http] [--sends 20] [--dx-size 2048] [--ct-slices 300]
-       [--rss-slices 2000] [--http-rss-bytes 2000000000]
+Usage: python scripts/bench.py [dx ingest ct patterns rss http] [--sends 20] [--dx-size 2048] [--ct-slices 300]
+       [--pattern-slices 60] [--rss-slices 2000]
+       [--http-rss-bytes 2000000000]
+The dx, ct and rss nodes declare their caller (AE MODALITY) with `sends: series`, as a site configures
+a modality in node.allowed_callers; `patterns` shows what an undeclared caller gets.
 Needs DCMTK and Orthanc (make system-deps). Prints tables; exits 0.
 """
 
@@ -74,9 +80,12 @@ class Storescp:
         self.proc.wait()
 
 
-def start_node(work: Path, name: str, pacs: Orthanc | None = None) -> NodeProcess:
+def start_node(work: Path, name: str, pacs: Orthanc | None = None, sends: str | None = "series") -> NodeProcess:
+    """A node sending SRs to `pacs`; the benchmark's caller (AE MODALITY) declared with `sends` (None: not
+    declared, any caller accepted)."""
+    callers = [{"ae_title": "MODALITY", "hosts": ["127.0.0.1/32"], "sends": sends}] if sends else []
     node = NodeProcess(work / name, destinations=[pacs.destination()] if pacs else None,
-                       extra={"node": {"max_pdu_length": MAX_PDU}})
+                       extra={"node": {"max_pdu_length": MAX_PDU, "allowed_callers": callers}})
     return node.start()
 
 
@@ -318,6 +327,39 @@ def bench_ct(work: Path, slices: int) -> None:
     print(json.dumps({"runtime": inference["runtime"], "model": inference["model"]}))
 
 
+def bench_patterns(work: Path, slices: int) -> None:
+    """Last instance stored -> SR in Orthanc for the same CT sent three ways (see the module docstring)."""
+    files = ct_files(work / "ct-patterns", slices, seed=11)
+    pacs = Orthanc(work / "orthanc-patterns").start()
+    rows = []
+    try:
+        for label, sends, per_instance in (("whole series, caller declared sends: series", "series", False),
+                                           ("whole series, caller not declared", None, False),
+                                           ("one instance per association, not declared", None, True)):
+            node = start_node(work, f"node-{len(rows)}", pacs, sends)
+            try:
+                copies = reidentify(files, work / f"ct-patterns-{len(rows)}")
+                before = pacs.get("/statistics")["CountInstances"]
+                start = time.perf_counter()
+                for chunk in ([[f] for f in copies] if per_instance else [copies]):
+                    out = storescu(node.port, chunk, extra=("--max-pdu", str(MAX_PDU)))
+                    if out.returncode != 0:
+                        raise RuntimeError(out.stderr[-2000:])
+                last = time.perf_counter()
+                done = wait_instances(pacs, before, 120)
+                srs = len([e for e in node.audit_events() if e["event"] == "sr.created"])
+            finally:
+                node.stop()
+            rows.append((label, f"{last - start:.2f} s", f"{done - last:.2f} s", srs))
+    finally:
+        pacs.stop()
+    table(f"Series completion by delivery pattern, CT {slices} slices 512x512 (grouping.quiet_window_s 2)",
+          ("pattern", "send", "last instance -> SR in Orthanc", "SRs"), rows)
+    target = float(rows[2][2].split()[0]) <= 2.0 + 1.5 and all(r[3] == 1 for r in rows)
+    print(f"target one instance per association: SR within quiet window + 1.5 s, one SR each: "
+          f"{'met' if target else 'NOT met'}")
+
+
 def timeline(events: list[dict[str, Any]], released: float, stored: float) -> None:
     """When each step of the job ended, in seconds after storescu exited (audit times, 1 ms)."""
     import datetime
@@ -373,11 +415,12 @@ def bench_rss(work: Path, slices: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sections", nargs="*", default=["dx", "ingest", "ct"],
-                        choices=["dx", "ingest", "ct", "rss", "http"])
+    parser.add_argument("sections", nargs="*", default=["dx", "ingest", "ct", "patterns"],
+                        choices=["dx", "ingest", "ct", "patterns", "rss", "http"])
     parser.add_argument("--sends", type=int, default=20)
     parser.add_argument("--dx-size", type=int, default=2048)
     parser.add_argument("--ct-slices", type=int, default=300)
+    parser.add_argument("--pattern-slices", type=int, default=60)
     parser.add_argument("--rss-slices", type=int, default=2000)
     parser.add_argument("--http-rss-bytes", type=int, default=2_000_000_000)
     args = parser.parse_args()
@@ -389,6 +432,8 @@ def main() -> int:
             bench_ingest(work, args.ct_slices)
         if "ct" in args.sections:
             bench_ct(work, args.ct_slices)
+        if "patterns" in args.sections:
+            bench_patterns(work, args.pattern_slices)
         if "rss" in args.sections:
             bench_rss(work, args.rss_slices)
         if "http" in args.sections:

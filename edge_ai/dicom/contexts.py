@@ -1,10 +1,16 @@
-"""SOP classes and transfer syntaxes the node accepts (SPEC "DICOM behaviour")."""
+"""SOP classes and transfer syntaxes the node accepts (SPEC "DICOM behaviour", docs/conformance.md).
+
+Every storage SOP class is accepted, so a study's other objects (MR, RT, dose reports, presentation
+states, key objects) never stall a sender's queue; only the classes in `ANALYSED` go to a model.
+"""
 
 from __future__ import annotations
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -25,33 +31,38 @@ CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 MG_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 MG_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 VERIFICATION = "1.2.840.10008.1.1"
 
+# "Storage" in the name, but not a storage SOP class of PS3.4 Annex B
+_NOT_STORAGE = ("Storage Commitment", "Media Storage Directory")
+
+# Every storage SOP class in pydicom's registry (retired ones too: old modalities still send them).
 STORAGE_CLASSES: dict[str, str] = {
-    CT_IMAGE: "CT Image Storage",
-    ENHANCED_CT: "Enhanced CT Image Storage",
-    DX_PRESENTATION: "Digital X-Ray Image Storage - For Presentation",
-    DX_PROCESSING: "Digital X-Ray Image Storage - For Processing",
-    CR_IMAGE: "Computed Radiography Image Storage",
-    MG_PRESENTATION: "Digital Mammography X-Ray Image Storage - For Presentation",
-    MG_PROCESSING: "Digital Mammography X-Ray Image Storage - For Processing",
-    SECONDARY_CAPTURE: "Secondary Capture Image Storage",
+    str(uid): info[0] for uid, info in sorted(UID_dictionary.items())
+    if info[1] == "SOP Class" and "Storage" in info[0] and not info[0].startswith(_NOT_STORAGE)
 }
 
-# Stored and acknowledged, never sent to a model.
-NOT_INFERRED = frozenset({SECONDARY_CAPTURE})
+# The classes whose images are analysed (every frame); the rest are stored and audited only.
+ANALYSED: dict[str, str] = {uid: STORAGE_CLASSES[uid] for uid in (
+    CT_IMAGE, ENHANCED_CT, DX_PRESENTATION, DX_PROCESSING, CR_IMAGE, MG_PRESENTATION, MG_PROCESSING)}
 
+# The node's preference, first to last: where a context proposes several, the earliest here wins,
+# whatever order the caller proposed them in. Uncompressed first (stored and read as received), then
+# lossless compression, then lossy.
 TRANSFER_SYNTAXES: list[str] = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     DeflatedExplicitVRLittleEndian,
     RLELossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
     JPEGLSLossless,
-    JPEGLSNearLossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
     JPEG2000Lossless,
+    JPEGLSNearLossless,
     JPEG2000,
+    JPEGExtended12Bit,
+    JPEGBaseline8Bit,
 ]
+LOSSY = frozenset({JPEGLSNearLossless, JPEG2000, JPEGExtended12Bit, JPEGBaseline8Bit})

@@ -7,7 +7,6 @@ Every rejection goes to the audit log with its reason; errors become statuses he
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -17,14 +16,15 @@ from edge_ai.dicom.contexts import STORAGE_CLASSES, TRANSFER_SYNTAXES, VERIFICAT
 from edge_ai.dicom.pdu import Command
 from edge_ai.dicom.tls import server_context
 from edge_ai.dicom.transport import Association, NodeServer, Policy, callers_from_config
+from edge_ai.domain import uid_problem
 from edge_ai.errors import Refusal, RejectedInstance
+from edge_ai.grouping.completion import Completion
 from edge_ai.spool.ingest import Ingest, Receiving, Stored
 
 Audit = Callable[..., None]
 
 # A-ASSOCIATE-RJ (result, source, diagnostic) that are a security alert (PS3.15 A.5.3.11)
 _ALERTS = {(0x01, 0x01, 0x03), (0x01, 0x01, 0x07)}
-_UID_CHARS = frozenset("0123456789.")
 # the one place a refusal becomes a DIMSE status
 DIMSE_STATUS = {
     Refusal.OUT_OF_RESOURCES: status.OUT_OF_RESOURCES,
@@ -41,21 +41,21 @@ class StorageSCP:
         ingest: Ingest,
         audit: Audit,
         log: Any,
+        completion: Completion | None = None,
         on_stored: Callable[[Stored], None] = lambda s: None,
-        on_release: Callable[[], None] = lambda: None,
     ) -> None:
         self.node = node
         self.ingest = ingest
         self.audit = audit
         self.log = log
         self.on_stored = on_stored
-        self.on_release = on_release
+        self.completion = completion
+        self._policy: Policy | None = None
         self.server: NodeServer | None = None
         self._stopped: NodeServer | None = None  # kept after stop() for connections still closing
         # built now so a bad certificate, key or CA file fails at start with the key named
         self.ssl_context = server_context(node.tls) if node.tls.enabled else None
-        self._supported = {VERIFICATION: list(TRANSFER_SYNTAXES)} | {uid: list(TRANSFER_SYNTAXES)
-                                                                     for uid in STORAGE_CLASSES}
+        self._supported = {VERIFICATION: TRANSFER_SYNTAXES} | dict.fromkeys(STORAGE_CLASSES, TRANSFER_SYNTAXES)
         if not self.node.allowed_callers:
             self.log.warning("allowed_callers_empty", detail="any calling AE title is accepted")
 
@@ -75,6 +75,7 @@ class StorageSCP:
             dimse_timeout=timeouts.dimse,
             acse_timeout=timeouts.acse,
         )
+        self._policy = policy
         server = NodeServer(self.node.host, self.node.port, policy, self, self.node.ae_title)
         server.start()
         self.server = server
@@ -168,6 +169,9 @@ class StorageSCP:
         )
 
     def accepted(self, assoc: Association) -> None:
+        if self.completion is not None:
+            caller = self._policy.caller(assoc.calling_ae, assoc.peer_host) if self._policy else None
+            self.completion.opened(assoc.id, caller.sends if caller else None)
         refused = sorted(set(assoc.rejected_contexts))
         self._record("association.accepted", association=assoc.id, rejected_contexts=refused or None,
                    **assoc.fields())
@@ -180,16 +184,17 @@ class StorageSCP:
             self._transport_alert("security.alert", alert="node_authentication", reason=reason, **fields)
 
     def released(self, assoc: Association) -> None:
-        try:
-            completed = self.ingest.queue.association_released(assoc.id)
-        except sqlite3.Error:  # its series then complete after grouping.series_timeout_s of silence
-            self.log.exception("release_not_recorded", association=assoc.id)
-            completed = None
-        self._record("association.released", association=assoc.id, series_completed=completed)
-        self.on_release()
+        series = self.completion.closed(assoc.id, released=True) if self.completion is not None else 0
+        self._record("association.released", association=assoc.id, series=series or None)
 
     def aborted(self, assoc: Association, reason: str) -> None:
         self._record("association.aborted", association=assoc.id, reason=reason, **assoc.fields())
+
+    def ended(self, assoc: Association) -> None:
+        """However the association ended: a carrier not released (aborted, dropped, an internal error)
+        leaves its series to grouping.series_timeout_s (a no-op after a release)."""
+        if self.completion is not None:
+            self.completion.closed(assoc.id, released=False)
 
 
 def _printable(uid: str) -> str:
@@ -208,13 +213,12 @@ class _Store:
         affected = command.sop_class_uid
         if affected not in STORAGE_CLASSES:
             self.refusal = RejectedInstance(Refusal.SOP_CLASS_NOT_SUPPORTED, f"SOP class {affected or '(none)'} "
-                                            "is not one this node stores (see docs/conformance.md)")
+                                            "is not a storage SOP class")
         elif affected != abstract_syntax:
             self.refusal = RejectedInstance(Refusal.DATASET_MISMATCH, f"affected SOP class {affected} differs "
                                             f"from the presentation context {abstract_syntax}")
-        elif not _valid_uid(command.sop_instance_uid):
-            self.refusal = RejectedInstance(Refusal.CANNOT_UNDERSTAND,
-                                            "Affected SOP Instance UID missing or not a valid UID")
+        elif (problem := uid_problem(command.sop_instance_uid)) is not None:
+            self.refusal = RejectedInstance(Refusal.CANNOT_UNDERSTAND, f"Affected SOP Instance UID {problem}")
         else:
             prefix = pdu.file_meta(affected, command.sop_instance_uid, transfer_syntax, assoc.calling_ae)
             self.receiving = scp.ingest.receive(prefix, abstract_syntax, assoc.id, command.sop_instance_uid)
@@ -248,7 +252,3 @@ class _Store:
     def discard(self) -> None:
         if self.receiving is not None:
             self.receiving.discard()
-
-
-def _valid_uid(uid: str) -> bool:
-    return 0 < len(uid) <= 64 and set(uid) <= _UID_CHARS and ".." not in uid and uid[0] != "." and uid[-1] != "."

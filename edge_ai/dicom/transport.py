@@ -21,6 +21,7 @@ import contextlib
 import errno
 import ipaddress
 import itertools
+import secrets
 import select
 import socket
 import ssl
@@ -35,9 +36,10 @@ from edge_ai.dicom import pdu, status
 from edge_ai.dicom.pdu import Command, PDUError
 from edge_ai.dicom.tls import peer_identity
 
-# Non-P-DATA PDUs never need more than this: an A-ASSOCIATE-RQ proposing 128 presentation contexts with
-# several transfer syntaxes each (the most DICOM allows) is under 64 KiB.
-CONTROL_PDU_LIMIT = 128 * 1024
+# Non-P-DATA PDUs never need more than this: an A-ASSOCIATE-RQ proposing 128 presentation contexts (the
+# most PS3.8 allows) with a dozen transfer syntaxes each, plus a user identity token (a Kerberos or SAML
+# assertion can be tens of kilobytes), stays well under 1 MiB.
+CONTROL_PDU_LIMIT = 1024 * 1024
 _RJ_LOCAL_LIMIT = pdu.encode_associate_rj(0x02, 0x03, 0x02)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -58,6 +60,7 @@ Alert = Callable[..., None]  # (event, **fields) -> None: the audit, for transpo
 class Caller:
     ae_title: str
     networks: tuple[Network, ...]
+    sends: str | None = None  # allowed_callers[].sends: how it delivers series (grouping)
 
 
 @dataclass
@@ -96,19 +99,30 @@ class Policy:
         """None when allowed, else why not (for the audit)."""
         if not self.callers:
             return None
-        titled = [c for c in self.callers if c.ae_title == ae_title.strip()]
-        if not titled:
+        if not any(c.ae_title == ae_title.strip() for c in self.callers):
             return f"calling AE title {ae_title.strip()!r} is not in node.allowed_callers"
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return f"peer address {host!r} is not an IP address"
+        if self.caller(ae_title, host) is None:
+            return f"calling AE title {ae_title.strip()!r} is not allowed from {host}"
+        return None
+
+    def caller(self, ae_title: str, host: str) -> Caller | None:
+        """The first allowed_callers entry matching this AE title and address."""
         try:
             addr = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
-            return f"peer address {host!r} is not an IP address"
+            return None
         mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
-        for caller in titled:
+        for caller in self.callers:
+            if caller.ae_title != ae_title.strip():
+                continue
             for net in caller.networks:
                 if addr in net or (mapped is not None and mapped in net):
-                    return None
-        return f"calling AE title {ae_title.strip()!r} is not allowed from {host}"
+                    return caller
+        return None
 
     def try_pending(self) -> bool:
         with self._lock:
@@ -124,7 +138,7 @@ class Policy:
 
 def callers_from_config(allowed: list[Any]) -> list[Caller]:
     return [
-        Caller(c.ae_title, tuple(ipaddress.ip_network(h, strict=False) for h in c.hosts)) for c in allowed
+        Caller(c.ae_title, tuple(ipaddress.ip_network(h, strict=False) for h in c.hosts), c.sends) for c in allowed
     ]
 
 
@@ -176,8 +190,9 @@ class Sink(Protocol):
     def write(self, fragment: memoryview) -> None:
         """The next fragment of the data set, in order."""
 
-    def finish(self) -> tuple[int, str]:
-        """All fragments are in: (DIMSE status, error comment). Success only once it is durable."""
+    def finish(self) -> tuple[int, str] | None:
+        """All fragments are in: (DIMSE status, error comment), or None when no response is owed.
+        Success only once it is durable."""
 
     def discard(self) -> None:
         """The association ended mid-data set: leave nothing behind."""
@@ -208,6 +223,9 @@ class Service(Protocol):
     def aborted(self, assoc: Association, reason: str) -> None:
         """The association ended without release (A-ABORT either way, or the connection closed)."""
 
+    def ended(self, assoc: Association) -> None:
+        """The connection of an established association is over, however it ended (always called last)."""
+
 
 class _Closed(Exception):
     """The connection is over (peer closed, stalled, aborted or the node is stopping); `reported` when
@@ -216,6 +234,20 @@ class _Closed(Exception):
     def __init__(self, reason: str, reported: bool = False) -> None:
         super().__init__(reason)
         self.reported = reported
+
+
+class _Swallow:
+    """Sink for a data set a C-ECHO request wrongly announced: it was answered already (PS3.7 9.3.5 says a
+    C-ECHO has none), so whatever follows is read and dropped, with no second response."""
+
+    def write(self, fragment: memoryview) -> None:
+        return None
+
+    def finish(self) -> tuple[int, str] | None:
+        return None
+
+    def discard(self) -> None:
+        return None
 
 
 class _Drain:
@@ -356,6 +388,8 @@ class Connection:
             if self._admitted:
                 self.policy.leave()
             close_quietly(self.sock)
+            if self._established:
+                self.service.ended(self.assoc)
 
     def _serve(self) -> None:
         _, body = self._read_pdu(self._artim - time.monotonic(), "node.timeouts.acse", first=True)
@@ -395,7 +429,8 @@ class Connection:
         results: dict[int, tuple[int, str]] = {}
         for ident, (abstract, transfers) in rq.contexts.items():
             offered = supported.get(abstract)
-            chosen = next((ts for ts in transfers if offered and ts in offered), None)
+            # the node's preference (uncompressed, lossless, lossy), not the order the caller proposed
+            chosen = next((ts for ts in offered if ts in transfers), None) if offered else None
             if offered is None:
                 results[ident] = (pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED, transfers[0] if transfers else "")
                 a.rejected_contexts.append(abstract)
@@ -444,6 +479,8 @@ class Connection:
                     if ident not in self.assoc.contexts or (request is not None and ident != context_id):
                         self._protocol_error(f"PDV on presentation context {ident}, not the message's")
                     if control & 0x01:  # command fragment
+                        if isinstance(sink, _Swallow):  # the C-ECHO's announced data set never came
+                            request, sink = None, None
                         if request is not None:
                             self._protocol_error("command fragment while a data set is expected")
                         if command and ident != context_id:
@@ -467,8 +504,9 @@ class Connection:
                         sink.write(fragment)
                         if control & 0x02:
                             done, sink = sink, None
-                            code, comment = done.finish()
-                            self._respond(request, context_id, code, comment)
+                            answer = done.finish()
+                            if answer is not None:
+                                self._respond(request, context_id, *answer)
                             request = None
         finally:
             if sink is not None:
@@ -477,9 +515,9 @@ class Connection:
     def _begin(self, cmd: Command, context_id: int) -> tuple[Command | None, Sink | None]:
         """Act on a complete command set: answer now, or return the sink its data set goes to."""
         abstract, transfer = self.assoc.contexts[context_id]
-        if cmd.command_field == pdu.C_ECHO_RQ and not cmd.has_data_set:
+        if cmd.command_field == pdu.C_ECHO_RQ:  # answered at once, whatever its Command Data Set Type says
             self._respond(cmd, context_id, self.service.echo(self.assoc))
-            return None, None
+            return (cmd, _Swallow()) if cmd.has_data_set else (None, None)
         if cmd.command_field == pdu.C_CANCEL_RQ:
             return None, None
         if cmd.command_field == pdu.C_STORE_RQ:
@@ -515,6 +553,8 @@ class NodeServer:
         self.socket = socket.create_server((host, port), family=family, backlog=128, dualstack_ipv6=dualstack)
         self.server_address = self.socket.getsockname()
         self._ids = itertools.count(1)
+        # association ids are unique across restarts too: audit lines of two runs never share one
+        self._run = secrets.token_hex(4)
         self._live: dict[int, Any] = {}
         # connection threads at most: pending + established + refusals still answering
         self._max_threads = 2 * policy.max_connections + policy.max_associations
@@ -615,7 +655,7 @@ class NodeServer:
             return
         with self._lock:
             self._live[ident] = prepared
-        assoc = Association(id=f"a{ident}", peer_host=str(address[0]), peer_port=int(address[1]),
+        assoc = Association(id=f"{self._run}-a{ident}", peer_host=str(address[0]), peer_port=int(address[1]),
                             tls_identity=peer_identity(prepared))
         Connection(prepared, assoc, policy, self.service, self.ae_title).serve()
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pydicom
 
 from edge_ai.config import Route
-from edge_ai.dicom.contexts import NOT_INFERRED
+from edge_ai.dicom.contexts import ANALYSED
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def matches(route: Route, ds: pydicom.Dataset) -> bool:
 
 def route(routes: list[Route], ds: pydicom.Dataset, all_destinations: list[str]) -> list[RouteDecision]:
     """Every rule that matches the series' first instance, in config order, one decision per model."""
-    if str(ds.get("SOPClassUID", "")) in NOT_INFERRED:
+    if str(ds.get("SOPClassUID", "")) not in ANALYSED:
         return []
     decisions: dict[str, RouteDecision] = {}
     for r in routes:

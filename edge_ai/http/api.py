@@ -19,10 +19,12 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from edge_ai import __version__
+from edge_ai.errors import EdgeAIError
 from edge_ai.http import dicomweb, intake, jobs_view
 from edge_ai.http.auth import AuthFailed, Principal
 from edge_ai.http.context import HttpContext
@@ -30,6 +32,15 @@ from edge_ai.http.middleware import RequestAudit
 from edge_ai.http.problems import Problem, refusal_problem
 
 MAX_WAIT_S = 30
+_FEEDBACK_STATUS = {"unknown_job": 404, "no_result": 409, "invalid": 422}
+
+
+class Verdict(BaseModel):
+    """POST /v1/jobs/{id}/feedback: does the reader agree with the result, and what did they see."""
+
+    agree: bool
+    findings: list[dict[str, Any]] = []
+    comment: str | None = Field(default=None, max_length=4000)
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 DICOM_BODY = {"requestBody": {"required": True, "content": {
     "application/dicom": _BINARY, 'multipart/related; type="application/dicom"': _BINARY}}}
@@ -69,7 +80,7 @@ def require(ctx: HttpContext, scope: str) -> Callable[[Request], Awaitable[Princ
 
 def job_json(ctx: HttpContext, row: jobs_view.JobRow, model: str | None = None) -> dict[str, Any]:
     """The SPEC's job object; its result part is the stored rendering of the result the SR was built from."""
-    results = jobs_view.reports(ctx.queue, row.id)
+    results = jobs_view.reports(ctx.stores, row.id)
     chosen = next((r for r in results if model is None or r.model_name == model), None)
     result = chosen.result if chosen and chosen.result else {}
     error = None
@@ -104,7 +115,7 @@ async def _wait_for(ctx: HttpContext, job_id: int, seconds: float) -> jobs_view.
     ctx.watch.add(job_id, event)
     try:
         while True:
-            row = await to_thread.run_sync(jobs_view.get_job, ctx.queue, job_id)
+            row = await to_thread.run_sync(jobs_view.get_job, ctx.stores, job_id)
             if row is not None and row.state in _FINAL:
                 return row
             left = deadline - time.monotonic()
@@ -127,7 +138,7 @@ def _jobs_answer(ctx: HttpContext, got: intake.Intake) -> tuple[int, dict[str, A
         return problem.status, body, {}
     jobs = []
     for job_id in got.job_ids:
-        row = jobs_view.get_job(ctx.queue, job_id)
+        row = jobs_view.get_job(ctx.stores, job_id)
         jobs.append({"job_id": str(job_id), "state": row.state if row else "queued", "href": f"/v1/jobs/{job_id}"})
     answer: dict[str, Any] = {"jobs": jobs}
     if got.failed:
@@ -173,7 +184,7 @@ def _job_id(text: str) -> int:
 
 
 async def _get_job(ctx: HttpContext, job_id: str) -> jobs_view.JobRow:
-    row = await to_thread.run_sync(jobs_view.get_job, ctx.queue, _job_id(job_id))
+    row = await to_thread.run_sync(jobs_view.get_job, ctx.stores, _job_id(job_id))
     if row is None:
         raise Problem(404, f"no job {job_id}", kind="unknown-job")
     return row
@@ -222,7 +233,7 @@ def create_app(ctx: HttpContext) -> Any:
                         limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         if state is not None and state not in jobs_view.API_STATES:
             raise Problem(400, f"state must be one of {', '.join(jobs_view.API_STATES)}")
-        rows = await to_thread.run_sync(jobs_view.list_jobs, ctx.queue, state, _since(since), limit)
+        rows = await to_thread.run_sync(jobs_view.list_jobs, ctx.stores, state, _since(since), limit)
         return {"jobs": [await to_thread.run_sync(job_json, ctx, r) for r in rows]}
 
     @app.get("/v1/jobs/{job_id}")
@@ -233,20 +244,35 @@ def create_app(ctx: HttpContext) -> Any:
     @app.get("/v1/jobs/{job_id}/sr", response_class=FileResponse)
     async def get_sr(job_id: str, _: Principal = read_scope, model: str | None = None) -> Response:
         row = await _get_job(ctx, job_id)
-        path = await to_thread.run_sync(jobs_view.sr_path, ctx.queue, row.id, model)
+        path = await to_thread.run_sync(jobs_view.sr_path, ctx.stores, row.id, model)
         if path is None:
             raise Problem(404, f"job {job_id} has no SR yet (state {row.state})", kind="no-sr-yet")
         return FileResponse(path, media_type="application/dicom")
 
     @app.post("/v1/jobs/{job_id}/retry", status_code=202)
-    async def retry(job_id: str, principal: Principal = admin_scope) -> JSONResponse:
+    async def retry(job_id: str, _: Principal = admin_scope) -> JSONResponse:
         row = await _get_job(ctx, job_id)
-        done = await to_thread.run_sync(jobs_view.retry, ctx.queue, row.id, f"retried by {principal.name}")
+        done = await to_thread.run_sync(jobs_view.retry, ctx.stores, row.id)
         if not done:
             raise Problem(409, f"job {job_id} is {row.state}, not failed: only a failed job can be retried")
         ctx.wake_worker()
         return JSONResponse({"job_id": str(row.id), "state": "queued", "href": f"/v1/jobs/{row.id}"},
                             status_code=202, headers={"Location": f"/v1/jobs/{row.id}"})
+
+    feedback_scope = Depends(require(ctx, "feedback"))
+
+    @app.post("/v1/jobs/{job_id}/feedback", status_code=201)
+    async def feedback(job_id: str, verdict: Verdict, principal: Principal = feedback_scope) -> JSONResponse:
+        """A reader's verdict on a job's result: stored, audited, counted in the model's agreement."""
+        if ctx.record_feedback is None:
+            raise Problem(404, "feedback is not recorded by this node")
+        try:
+            feedback_id = await to_thread.run_sync(lambda: ctx.record_feedback(  # type: ignore[misc]
+                _job_id(job_id), verdict.agree, verdict.findings, verdict.comment, principal.name))
+        except EdgeAIError as exc:
+            kind = str(getattr(exc, "kind", "invalid"))
+            raise Problem(_FEEDBACK_STATUS.get(kind, 422), str(exc), kind=kind.replace("_", "-")) from exc
+        return JSONResponse({"feedback_id": str(feedback_id), "job_id": job_id}, status_code=201)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_ai.config import Http
+from edge_ai.grouping.completion import Completion
 from edge_ai.http.auth import Authenticator, Throttle
 from edge_ai.http.requests_db import RequestsDB
+from edge_ai.service.stores import Stores
 from edge_ai.spool.ingest import Ingest
-from edge_ai.spool.queue import Queue
 
 Audit = Callable[..., None]
 
@@ -22,7 +23,8 @@ Audit = Callable[..., None]
 class HttpContext:
     cfg: Http
     ingest: Ingest
-    queue: Queue
+    stores: Stores
+    completion: Completion
     requests: RequestsDB
     auth: Authenticator
     throttle: Throttle
@@ -32,6 +34,8 @@ class HttpContext:
     models: Callable[[], list[str]]  # names of the models being served
     not_ready: Callable[[], list[str]]  # reasons the node is not serving (empty: ready)
     wake_worker: Callable[[], None]
+    # a reader's verdict on a job (App.record_feedback): (job id, agree, findings, comment, principal) -> id
+    record_feedback: Callable[..., int] | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     # instances of multipart bodies are made durable here while the next part is read (body.BodyIngest)
     finishers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "http-store"))

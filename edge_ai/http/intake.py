@@ -75,7 +75,7 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
         if outcome.stored is None:
             return
         job = outcome.stored.outcome.job_id or jobs_view.latest_job_of_series(
-            ctx.queue, outcome.stored.ref.series_instance_uid)
+            ctx.stores, outcome.stored.ref.series_instance_uid)
         with noting:
             if job and job not in intake.job_ids:
                 intake.job_ids.append(job)
@@ -84,6 +84,7 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
 
     body = BodyIngest(ctx.ingest, intake.request_id, request.headers.get("content-type", ""),
                       multipart_allowed=multipart_allowed, study_uid=study_uid, on_outcome=note, pool=ctx.finishers)
+    jobs_view.request_opened(ctx.completion, intake.request_id)
 
     def feed(chunks: list[bytes]) -> None:
         if hasher is not None:  # only an Idempotency-Key needs the body's own hash
@@ -118,19 +119,20 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
                 await pending
         await to_thread.run_sync(body.discard)
         intake.outcomes = body.outcomes
-        await to_thread.run_sync(_finish, ctx, intake)
+        await to_thread.run_sync(_finish, ctx, intake, False)
         if isinstance(exc, Problem) and intake.stored:  # complete instances before the failure were stored
             exc.extra["stored_sop_instance_uids"] = [o.sop_instance_uid for o in intake.stored]
         raise
     intake.body_sha256 = hasher.hexdigest() if hasher is not None else ""
-    await to_thread.run_sync(_finish, ctx, intake)
+    await to_thread.run_sync(_finish, ctx, intake, True)
     return intake
 
 
-def _finish(ctx: HttpContext, intake: Intake) -> None:
-    """The request's series are complete (its end, as an association's release)."""
-    if intake.stored:
-        jobs_view.series_complete(ctx.queue, intake.request_id)
+def _finish(ctx: HttpContext, intake: Intake, complete: bool) -> None:
+    """The request ended: complete, its series are whole now (as at an association's release); cut off,
+    they wait for the series timeout (as after an abort)."""
+    jobs_view.request_closed(ctx.completion, intake.request_id, complete)
+    if complete and intake.stored:
         ctx.wake_worker()
 
 

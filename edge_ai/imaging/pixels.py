@@ -14,7 +14,9 @@ training see identical tensors:
 6. (x - mean) / std, float32 [1, H, W].
 
 Multi-frame images: `preprocess` uses ONE frame (`frame`, default the first);
-`preprocess_frames` returns every frame as [F, 1, H, W].
+`preprocess_frames` returns every frame as [F, 1, H, W] (the whole volume decoded: for tests and
+training scripts). The node reads and decodes one frame at a time (`imaging.frames`) and gives each
+frame's stored values to `preprocess_stored`.
 """
 
 from __future__ import annotations
@@ -34,17 +36,20 @@ __all__ = [
     "MAX_PIXELS",
     "decode",
     "frame_count",
+    "frame_item",
+    "mask_unused_bits",
     "modality_lut",
     "native_dtype",
     "preprocess",
     "preprocess_frames",
     "preprocess_native",
+    "preprocess_stored",
     "resize",
     "stack",
     "window",
 ]
 
-MAX_PIXELS = 256 * 1024 * 1024  # rows * columns * frames above this is refused before decoding
+MAX_PIXELS = 256 * 1024 * 1024  # pixels of one decode (the whole image in `decode`, one frame in `preprocess_stored`)
 
 
 def frame_count(ds: Dataset) -> int:
@@ -140,17 +145,38 @@ def preprocess_native(
     rows, cols = int(ds.Rows), int(ds.Columns)
     if raw.ndim != 1 or raw.size < rows * cols:
         raise ImagingError(f"pixel data holds {raw.size} values, {rows} x {cols} expected")
-    stored = raw[: rows * cols].reshape(rows, cols)
+    return _one_frame(ds, mask_unused_bits(raw[: rows * cols].reshape(rows, cols), ds), spec, 0)
+
+
+def mask_unused_bits(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """As pydicom does: the high bits above Bits Stored are ignored (masked, or sign-extended when signed)."""
     bits_allocated, bits_stored = int(ds.BitsAllocated), int(ds.get("BitsStored") or ds.BitsAllocated)
     if 0 < bits_stored < bits_allocated:
-        # as pydicom does: the unused high bits are ignored (masked, or sign-extended when signed)
         shift = bits_allocated - bits_stored
-        stored = np.right_shift(np.left_shift(stored, shift), shift)
+        return np.asarray(np.right_shift(np.left_shift(stored, shift), shift))
+    return stored
+
+
+def preprocess_stored(
+    ds: Dataset, stored: np.ndarray, spec: Preprocessing, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """`preprocess` for one frame's stored values [rows, columns] already decoded (`frames.stored_frame`).
+
+    Args:
+        ds: the frame's header (`frames.frame_header`): pixel module, rescale and window of that frame.
+
+    Raises:
+        ImagingError: as `preprocess` (geometry, photometric), or values of the wrong shape.
+    """
+    _check_geometry(ds, max_pixels, header_only=True)
+    if stored.shape != (int(ds.Rows), int(ds.Columns)):
+        raise ImagingError(f"frame holds {stored.shape} values, {ds.Rows} x {ds.Columns} expected")
     return _one_frame(ds, stored, spec, 0)
 
 
-def _frame_item(ds: Dataset, sequence: str, frame: int, keyword: str) -> Any:
-    """Look `keyword` up in the Enhanced (multi-frame) functional groups for `frame`."""
+def frame_item(ds: Dataset, sequence: str, frame: int, keyword: str) -> Any:
+    """The item of `sequence` holding `keyword` for `frame` (0-based) in the Enhanced (multi-frame)
+    functional groups: the Per-frame one, else the Shared one; None when neither has it."""
     for group_seq, index in (
         ("PerFrameFunctionalGroupsSequence", frame),
         ("SharedFunctionalGroupsSequence", 0),
@@ -174,7 +200,7 @@ def modality_lut(arr: np.ndarray, ds: Dataset, *, frame: int = 0) -> np.ndarray:
         if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
             out = apply_modality_lut(arr, ds)
         else:
-            item = _frame_item(ds, "PixelValueTransformationSequence", frame, "RescaleSlope")
+            item = frame_item(ds, "PixelValueTransformationSequence", frame, "RescaleSlope")
             out = arr if item is None else apply_modality_lut(arr, item)
     except Exception as exc:  # malformed LUT / rescale values
         raise ImagingError(f"cannot apply modality LUT: {exc}") from exc
@@ -192,7 +218,7 @@ def _first(value: Any) -> float:
 def _dataset_window(ds: Dataset, frame: int) -> tuple[float, float] | None:
     source: Any = ds
     if "WindowCenter" not in ds:
-        source = _frame_item(ds, "FrameVOILUTSequence", frame, "WindowCenter")
+        source = frame_item(ds, "FrameVOILUTSequence", frame, "WindowCenter")
         if source is None:
             return None
     try:

@@ -60,11 +60,13 @@ class _StateCollector(Collector):
         spool_root: Path,
         drift_scores: Callable[[], Mapping[str, float | None]],
         gpu: _Gpu,
+        agreement: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]] = lambda: ({}, {}),
     ) -> None:
         self.job_counts = job_counts
         self.spool_root = spool_root
         self.drift_scores = drift_scores
         self.gpu = gpu
+        self.agreement = agreement
 
     def describe(self) -> list[Metric]:
         """Nothing up front: collect() reads live state, which may not exist yet at registration."""
@@ -89,6 +91,7 @@ class _StateCollector(Collector):
             if score is not None:
                 drift.add_metric([model], score)
         yield drift
+        yield from self._agreement()
         samples = self.gpu.sample()
         count = GaugeMetricFamily("edge_ai_gpus", "NVIDIA GPUs visible to the node (0: none or no NVML)")
         count.add_metric([], len(samples))
@@ -108,6 +111,27 @@ class _StateCollector(Collector):
             yield from (util, used, total)
 
 
+    def _agreement(self) -> Iterator[Metric]:
+        readers = GaugeMetricFamily(
+            "edge_ai_model_agreement",
+            "Fraction of the live model's last models[].agreement_window reader verdicts that agree",
+            labels=["model"],
+        )
+        shadow = GaugeMetricFamily(
+            "edge_ai_shadow_agreement",
+            "Fraction of recent series on which the shadow version gave the live version's verdict",
+            labels=["model"],
+        )
+        with contextlib.suppress(Exception):  # a closed database during shutdown: no samples this scrape
+            by_readers, by_shadow = self.agreement()
+            for model, value in by_readers.items():
+                readers.add_metric([model], value)
+            for model, value in by_shadow.items():
+                shadow.add_metric([model], value)
+        yield readers
+        yield shadow
+
+
 class Metrics:
     """The node's metrics. Thread-safe (prometheus-client metrics are).
 
@@ -115,6 +139,7 @@ class Metrics:
         job_counts: queue.counts, read at scrape time.
         spool_root: where free space is measured.
         drift_scores: model -> score (None until the window is full), read at scrape time.
+        agreement: (model -> reader agreement, model -> shadow agreement), read at scrape time.
     """
 
     def __init__(
@@ -122,6 +147,7 @@ class Metrics:
         job_counts: Callable[[], Mapping[str, int]],
         spool_root: Path,
         drift_scores: Callable[[], Mapping[str, float | None]] = dict,
+        agreement: Callable[[], tuple[Mapping[str, float], Mapping[str, float]]] = lambda: ({}, {}),
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -167,12 +193,16 @@ class Metrics:
         Gauge("edge_ai_build_info", "edge_ai version (value 1)", ["version"], registry=r).labels(
             __version__
         ).set(1)
+        self.atna_queued = Gauge("edge_ai_atna_queued_messages",
+                                 "Audit messages waiting for the Audit Record Repository (IHE ATNA)", registry=r)
+        self.atna_oldest = Gauge("edge_ai_atna_oldest_queued_seconds",
+                                 "Age of the oldest audit message waiting for the repository (0: none)", registry=r)
         for outcome in ("stored", "duplicate", "rejected"):
             self.instances.labels(outcome)
         for outcome in ("accepted", "rejected", "released", "aborted"):
             self.associations.labels(outcome)
         self.gpu = _Gpu()
-        r.register(_StateCollector(job_counts, spool_root, drift_scores, self.gpu))
+        r.register(_StateCollector(job_counts, spool_root, drift_scores, self.gpu, agreement))
         self._server: Any = None
         self._thread: Any = None
 
@@ -188,6 +218,10 @@ class Metrics:
 
     def observe_error(self, stage: str, kind: str) -> None:
         self.errors.labels(stage, kind).inc()
+
+    def observe_atna(self, queued: int, oldest_s: float | None) -> None:
+        self.atna_queued.set(queued)
+        self.atna_oldest.set(oldest_s or 0.0)
 
     def observe_time_to_result(self, destination: str, seconds: float) -> None:
         self.time_to_result.labels(destination).observe(max(0.0, seconds))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -12,8 +13,9 @@ import pydicom
 
 from edge_ai.config import DicomDestination, FolderDestination, RetryPolicy
 from edge_ai.dicom import scu
+from edge_ai.domain import strict_uid
 from edge_ai.errors import PermanentError, TransientError
-from edge_ai.spool.queue import Delivery, Queue
+from edge_ai.outbox.deliveries import Deliveries, Delivery
 from edge_ai.spool.store import write_durably
 
 Destination = FolderDestination | DicomDestination
@@ -29,12 +31,16 @@ def backoff(policy: RetryPolicy, attempt: int, rng: random.Random | None = None)
 def deliver_to_folder(dest: FolderDestination, source: Path) -> None:
     """Copy durably to <path>/<Study UID>/<SR SOP Instance UID>.dcm.
 
-    Naming by UID is safe here: these are the SR's own UIDs, derived by edge_ai (digits and dots
-    only), never a peer's. Being deterministic, a resend overwrites the same file.
+    The SR's SOP Instance UID is edge_ai's own (digits and dots). The Study Instance UID is the
+    sender's: it names the folder only when it is a UID as PS3.5 writes them, else its hash does (a
+    peer's lenient UID never becomes part of a path). Being deterministic, a resend overwrites the
+    same file.
     """
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "StudyInstanceUID"])
-        target = dest.path / str(ds.StudyInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
+        study = str(ds.StudyInstanceUID)
+        folder = study if strict_uid(study) else hashlib.sha256(study.encode()).hexdigest()[:40]
+        target = dest.path / folder / f"{ds.SOPInstanceUID}.dcm"
         tmp = dest.path / ".tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         with source.open("rb") as f:
@@ -48,14 +54,14 @@ def deliver_to_folder(dest: FolderDestination, source: Path) -> None:
 class Outbox:
     def __init__(
         self,
-        queue: Queue,
+        deliveries: Deliveries,
         destinations: list[Destination],
         calling_ae: str,
         audit: Callable[..., None],
         log: Any,
         on_delivered: Callable[[Delivery, float], None] = lambda d, t: None,
     ) -> None:
-        self.queue = queue
+        self.deliveries = deliveries
         self.destinations = {d.name: d for d in destinations}
         self.calling_ae = calling_ae
         self.audit = audit
@@ -64,7 +70,7 @@ class Outbox:
 
     def run_due(self) -> int:
         """Attempt every delivery that is due; returns how many were attempted."""
-        due = self.queue.due_deliveries()
+        due = self.deliveries.due()
         for delivery in due:
             self.attempt(delivery)
         return len(due)
@@ -92,7 +98,7 @@ class Outbox:
             self.log.exception("delivery_error", destination=dest.name)
             self._retry(delivery, attempt_no, dest.retry, f"internal error: {type(exc).__name__}: {exc}")
             return
-        self.queue.delivery_done(delivery)
+        self.deliveries.done(delivery)
         self.audit(
             "delivery.attempt", destination=dest.name, sr_sop_instance_uid=delivery.sop_instance_uid,
             attempt=attempt_no, outcome="delivered", status=code,
@@ -105,7 +111,7 @@ class Outbox:
             self._dead(delivery, attempt_no, f"gave up after {attempt_no} attempts: {reason}")
             return
         wait = backoff(policy, attempt_no)
-        self.queue.delivery_retry(delivery, reason, time.time() + wait)
+        self.deliveries.retry(delivery, reason, time.time() + wait)
         self.audit(
             "delivery.attempt", destination=delivery.destination, sr_sop_instance_uid=delivery.sop_instance_uid,
             attempt=attempt_no, outcome="retry", reason=reason, retry_in_s=round(wait, 2),
@@ -113,7 +119,7 @@ class Outbox:
         self.log.warning("delivery_retry", destination=delivery.destination, reason=reason, retry_in_s=round(wait, 2))
 
     def _dead(self, delivery: Delivery, attempt_no: int, reason: str) -> None:
-        self.queue.delivery_dead(delivery, reason)
+        self.deliveries.dead(delivery, reason)
         self.audit(
             "delivery.attempt", destination=delivery.destination, sr_sop_instance_uid=delivery.sop_instance_uid,
             attempt=attempt_no, outcome="dead_letter", reason=reason,

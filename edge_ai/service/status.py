@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from edge_ai.observability.agreement import AgreementState
 from edge_ai.observability.drift import DriftState
 
 FILENAME = "status.json"
@@ -31,9 +32,14 @@ def snapshot(
     threshold: float,
     counts: Mapping[str, int],
     metrics_port: int | None,
+    agreement: Iterable[AgreementState] = (),
+    shadows: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The snapshot's content. `models`: name -> (version, runtime)."""
+    """The snapshot's content. `models`: name -> (version, runtime); `shadows`: name -> version, runtime,
+    agreement with the live version, series compared."""
     by_model = {s.model: s for s in drift}
+    agreed = {a.model: a for a in agreement}
+    shadows = shadows or {}
     return {
         "time": time.time(),
         "pid": pid,
@@ -55,6 +61,11 @@ def snapshot(
                     "drifting": by_model[name].drifting,
                     "episodes": by_model[name].episodes,
                 },
+                "agreement": None if name not in agreed else {
+                    "value": agreed[name].value, "verdicts": agreed[name].verdicts, "window": agreed[name].window,
+                    "min": agreed[name].minimum, "low": agreed[name].low, "episodes": agreed[name].episodes,
+                },
+                "shadow": dict(shadows[name]) if name in shadows else None,
             }
             for name, (model_version, runtime) in sorted(models.items())
         },
@@ -102,5 +113,18 @@ def render_models(data: Mapping[str, Any], now: float | None = None) -> list[str
         else:
             state = "DRIFT" if drift.get("drifting") else "ok"
             verdict = f"{drift['score']:.3f} (threshold {drift.get('threshold')}, {state})"
-        lines.append(f"  {name} {m.get('version')} on {m.get('runtime')}: drift {verdict}")
+        lines.append(f"  {name} {m.get('version')} on {m.get('runtime')}: drift {verdict}; "
+                     f"agreement {_agreement(m.get('agreement'))}")
+        shadow = m.get("shadow")
+        if shadow:
+            value = shadow.get("agreement")
+            lines.append(f"    shadow {shadow.get('version')} on {shadow.get('runtime')}: agrees with live on "
+                         f"{'-' if value is None else f'{value:.0%}'} of {shadow.get('compared')} series")
     return lines
+
+
+def _agreement(a: Mapping[str, Any] | None) -> str:
+    if not a or a.get("value") is None:
+        return "no reader verdicts yet"
+    state = "LOW" if a.get("low") else ("ok" if a.get("verdicts", 0) >= a.get("window", 0) else "window not full")
+    return f"{a['value']:.2f} over {a.get('verdicts')}/{a.get('window')} verdicts (min {a.get('min')}, {state})"

@@ -20,18 +20,21 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from edge_ai.config import Route
-from edge_ai.dicom.contexts import NOT_INFERRED
-from edge_ai.domain import InferenceResult, InstanceRef
+from edge_ai.dicom.contexts import ANALYSED
+from edge_ai.domain import InferenceResult, InstanceRef, Job
 from edge_ai.errors import EdgeAIError, ImagingError, ModelError
+from edge_ai.grouping.jobs import ReportRow
 from edge_ai.grouping.routing import RouteDecision, route
-from edge_ai.imaging import pixels
+from edge_ai.imaging import frames, pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
-from edge_ai.inference.package import Preprocessing
+from edge_ai.inference.package import ModelPackage
 from edge_ai.inference.threads import limit_blas_threads
 from edge_ai.report import result_json
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
-from edge_ai.spool.queue import Job, Queue, ReportRow
+from edge_ai.service import reading
+from edge_ai.service.shadow import Beside, same_input
+from edge_ai.service.stores import Stores
 from edge_ai.spool.store import Spool
 
 Audit = Callable[..., None]
@@ -54,7 +57,7 @@ class Served:
 class Pipeline:
     def __init__(
         self,
-        queue: Queue,
+        stores: Stores,
         spool: Spool,
         models: dict[str, Served],
         routes: list[Route],
@@ -65,9 +68,12 @@ class Pipeline:
         on_stage: Callable[[str, float], None] = lambda stage, seconds: None,
         on_tensor: Callable[[str, np.ndarray], None] = lambda model, tensor: None,
         on_error: Callable[[str, str], None] = lambda stage, kind: None,
+        shadows: dict[str, Served] | None = None,
+        on_inferred: Callable[[Job, ModelPackage, int], None] = lambda job, pkg, images: None,
+        on_shadow: Callable[[str, bool], None] = lambda model, agree: None,
         model_for: Callable[[int], str | None] = lambda job_id: None,
     ) -> None:
-        self.queue = queue
+        self.stores = stores
         self.spool = spool
         self.models = models
         self.routes = routes
@@ -78,6 +84,9 @@ class Pipeline:
         self.on_stage = on_stage
         self.on_tensor = on_tensor  # every preprocessed image, for the drift monitor
         self.on_error = on_error  # (stage, kind) of every failed job, for the metrics
+        self.shadows = shadows or {}  # live model name -> its shadow version: run, audited, never delivered
+        self.on_inferred = on_inferred  # (job, package, images) after each live inference: per-job drift
+        self.on_shadow = on_shadow  # (model, shadow agreed with live) for the shadow agreement metric
         self.model_for = model_for  # a model the job's sender named (HTTP API), instead of routing
         limit_blas_threads(1)  # numpy's resize products: 8-10 ms -> 1.1 ms per CT slice (inference/threads.py)
         warm_up()  # highdicom's IOD tables: loaded at start, not in the first job's time-to-result
@@ -96,14 +105,20 @@ class Pipeline:
 
     def _fail(self, job: Job, reason: str) -> None:
         self.log.warning("job_failed", job=job.id, reason=reason)
-        self.queue.fail_job(job.id, reason)
+        self.stores.jobs.fail(job.id, reason)
 
     def _process(self, job: Job) -> None:
-        if job.generation > 1 and self.queue.series_was_purged(job.series_id):
+        stored = self.stores.index.series_instances(job.series_id)
+        refs = [r for r in stored if r.sop_class_uid in ANALYSED]
+        if stored and not refs:  # MR, RT, dose reports, presentation states...: kept, audited, not analysed
+            self.audit("series.not_analysed", job=job.id, series_uid=job.series_uid, modality=job.modality,
+                       sop_class_uid=stored[0].sop_class_uid)
+            self.stores.deliveries.report(job.id, [], [])
+            return
+        if job.generation > 1 and self.stores.index.series_was_purged(job.series_id):
             # a result on the few instances still kept would supersede the whole series' result in PACS
             raise ImagingError("earlier instances of this series were deleted by storage.retention_days, "
                                "so it cannot be re-analysed as a whole; the earlier result stands")
-        refs = self.queue.series_instances(job.series_id)
         if not refs:
             raise ImagingError("series has no stored instances")
         headers, offsets = _read_headers(refs)
@@ -113,13 +128,13 @@ class Pipeline:
         if not decisions:
             self.audit("series.not_routed", job=job.id, series_uid=job.series_uid, modality=job.modality,
                        sop_class_uid=str(headers[0].get("SOPClassUID", "")))
-            self.queue.add_reports(job.id, [], [])
+            self.stores.deliveries.report(job.id, [], [])
             return
         rows, dests = [], []
         for decision in decisions:
             rows.append(self._run_model(job, decision, refs, headers, offsets))
             dests.append(list(decision.destinations))
-        self.queue.add_reports(job.id, rows, dests)
+        self.stores.deliveries.report(job.id, rows, dests)
 
     def _run_model(
         self, job: Job, decision: RouteDecision, refs: list[InstanceRef], headers: list[Dataset],
@@ -132,19 +147,24 @@ class Pipeline:
         pkg = engine.package
         started = time.monotonic()
         pairs = [
-            _Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
-            if str(h.SOPClassUID) not in NOT_INFERRED
+            reading.Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
+            if str(h.SOPClassUID) in ANALYSED
         ]
-        pairs.sort(key=lambda p: _slice_order(p.header))
-        result = self._infer(engine, pairs)
-        duration = time.monotonic() - started
+        units = reading.units(pairs)
+        shadow = self.shadows.get(pkg.name)
+        beside = Beside(shadow.engine) if shadow is not None and same_input(shadow.engine.package, pkg) else None
+        result = self._infer(engine, units, beside=beside)
+        duration = time.monotonic() - started - (beside.seconds if beside is not None else 0.0)
         self.on_stage("inference", duration)
         self.audit(
             "inference", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
-            runtime=engine.runtime, instances=len(pairs), duration_s=round(duration, 4),
+            runtime=engine.runtime, instances=len(pairs), images=len(result.scores), duration_s=round(duration, 4),
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
-        previous = self.queue.previous_report(job.series_id, pkg.name, job.id)
+        self.on_inferred(job, pkg, len(result.scores))
+        if shadow is not None:
+            self._run_shadow(job, shadow, units, result, beside)
+        previous = self.stores.jobs.previous_report(job.series_id, pkg.name, job.id)
         predecessor = (
             Predecessor(sop_instance_uid=previous[0], series_instance_uid=previous[1],
                         study_instance_uid=job.study_uid)
@@ -171,16 +191,47 @@ class Pipeline:
             result_json=json.dumps(rendered, separators=(",", ":")),
         )
 
-    def _infer(self, engine: Engine, pairs: Sequence[_Source]) -> InferenceResult:
+    def _run_shadow(self, job: Job, shadow: Served, pairs: Sequence[reading.Unit], live: InferenceResult,
+                    beside: Beside | None) -> None:
+        """The shadow version on the same instances: on the live run's own tensors where both take the
+        same input (`beside`), else re-read and preprocessed by its own spec (never fed to the drift
+        monitor). Its result is audited and compared with the live one, never reported."""
+        pkg = shadow.engine.package
+        started = time.monotonic() - (beside.seconds if beside is not None else 0.0)
+        fields: dict[str, Any] = {"job": job.id, "series_uid": job.series_uid, "model": pkg.name,
+                                  "version": pkg.version, "live_version": live.model_version,
+                                  "runtime": shadow.engine.runtime, "instances": len(pairs),
+                                  "live_outcome": "positive" if live.positive else "negative",
+                                  "live_probability": round(live.probability, 4)}
+        fields["shared_tensors"] = beside is not None
+        try:
+            result = beside.result() if beside is not None else self._infer(shadow.engine, pairs, observe=False)
+        except Exception as exc:  # a shadow never fails the live job
+            self.audit("shadow.inference", **fields, outcome="error", reason=f"{type(exc).__name__}: {exc}",
+                       duration_s=round(time.monotonic() - started, 4))
+            return
+        agree = result.positive == live.positive
+        self.audit("shadow.inference", **fields, outcome="positive" if result.positive else "negative",
+                   probability=round(result.probability, 4), agree=agree,
+                   duration_s=round(time.monotonic() - started, 4))
+        self.on_shadow(pkg.name, agree)
+
+    def _infer(self, engine: Engine, pairs: Sequence[reading.Unit], observe: bool = True,
+               beside: Beside | None = None) -> InferenceResult:
+        """Every image (a single-frame instance or one frame of a multi-frame one) through the model,
+        in `reading.units` order; the aggregate sees frames as it sees slices. `observe`: feed the drift
+        monitor; `beside`: the shadow version runs on the same batches."""
         pkg = engine.package
         if not pairs:
             raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
         batch_size = max(pkg.batch_sizes)
-        infos = [ImageInfo(p.ref.sop_instance_uid, p.ref.sop_class_uid, int(p.header.Rows), int(p.header.Columns))
-                 for p in pairs]
+        infos = [ImageInfo(p.source.ref.sop_instance_uid, p.source.ref.sop_class_uid, int(p.source.header.Rows),
+                           int(p.source.header.Columns), p.frame.number) for p in pairs]
         probs, boxes = [], []
         started = time.monotonic()
         batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+        if beside is not None:
+            beside.infos = infos
         # Preprocessing runs on IMAGING_THREADS threads, at most the next PREFETCH_BATCHES batches ahead
         # of the engine, so memory stays flat whatever the series size. It is numpy and file reads on
         # the native path, which release the GIL (pydicom's decoder, which holds it, is the exception).
@@ -189,73 +240,20 @@ class Pipeline:
             for index, batch_sources in enumerate(batches):
                 while len(pending) <= PREFETCH_BATCHES and index + len(pending) < len(batches):
                     ahead = batches[index + len(pending)]
-                    pending.append([pool.submit(_tensor, p, pkg.preprocessing) for p in ahead])
+                    # frame headers are made here, on this thread: imaging threads only read them
+                    pending.append([pool.submit(reading.tensor, p, frames.frame_header(p.source.header, p.frame),
+                                                pkg.preprocessing) for p in ahead])
                 batch = [f.result() for f in pending.popleft()]
-                for tensor in batch:
+                for tensor in batch if observe else ():
                     self.on_tensor(pkg.name, tensor)
-                out = engine.run(pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch))))
+                stacked = pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch)))
+                out = engine.run(stacked)
+                if beside is not None:
+                    beside.run(stacked, len(batch_sources))
                 probs.append(out.probability[: len(batch_sources)])
                 boxes.append(out.box[: len(batch_sources)])
         self.on_stage("imaging+inference", time.monotonic() - started)
         return summarize(pkg, engine.runtime, infos, Outputs(np.concatenate(probs), np.concatenate(boxes)))
-
-
-@dataclass(frozen=True)
-class _Source:
-    """One instance to infer: its spool entry, parsed header and where its Pixel Data element starts."""
-
-    ref: InstanceRef
-    header: Dataset
-    pixel_offset: int | None
-
-
-def _tensor(source: _Source, spec: Preprocessing) -> np.ndarray:
-    """The model input for one instance; its header is already parsed.
-
-    Uncompressed little-endian pixel data is read straight from the stored file at the offset
-    the header read stopped at: 2.3 ms of pydicom (a second parse, then its decoder) per 512 x 512
-    CT slice -> ~0.1 ms (docs/performance.md). Anything else goes through pydicom.
-    """
-    ref, header = source.ref, source.header
-    try:
-        dtype = pixels.native_dtype(header)
-        raw = _native_pixels(Path(ref.path), source.pixel_offset, header, dtype) if dtype is not None else None
-        if raw is not None:
-            return pixels.preprocess_native(header, raw, spec)
-        return pixels.preprocess(pydicom.dcmread(ref.path), spec)
-    except ImagingError as exc:
-        raise ImagingError(f"instance {ref.sop_instance_uid}: {exc}") from exc
-
-
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
-_LONG_VRS = (b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN")
-
-
-def _native_pixels(path: Path, offset: int | None, header: Dataset, dtype: np.dtype) -> np.ndarray | None:
-    """Pixel Data's values from the file at `offset` (where its element starts), or None to let
-    pydicom decode instead (no offset, not Pixel Data there, undefined or short length)."""
-    if offset is None:
-        return None
-    explicit = str(header.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.1"
-    count = int(header.Rows) * int(header.Columns)
-    try:
-        with path.open("rb") as fp:
-            fp.seek(offset)
-            head = fp.read(12 if explicit else 8)
-            if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
-                return None
-            if explicit:
-                if head[4:6] not in _LONG_VRS:
-                    return None
-                length = int.from_bytes(head[8:12], "little")
-            else:
-                length = int.from_bytes(head[4:8], "little")
-            if length == 0xFFFFFFFF or length < count * dtype.itemsize:
-                return None
-            raw = np.fromfile(fp, dtype=dtype, count=count)
-    except OSError:
-        return None
-    return raw if raw.size == count else None
 
 
 def _stage_of(exc: EdgeAIError) -> str:
@@ -349,8 +347,3 @@ def _read_header(ref: InstanceRef) -> tuple[Dataset, int | None]:
     except Exception as exc:  # a stored file that no longer parses fails its job with the reason
         raise ImagingError(f"instance {ref.sop_instance_uid}: cannot read header: {type(exc).__name__}") from exc
 
-
-def _slice_order(ds: Dataset) -> tuple[float, int]:
-    position = ds.get("ImagePositionPatient")
-    z = float(position[2]) if position is not None and len(position) == 3 else 0.0
-    return (z, int(ds.get("InstanceNumber", 0) or 0))

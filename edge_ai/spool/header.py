@@ -11,7 +11,7 @@ return None, and the caller asks pydicom, whose answer is the reference: this is
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.datadict import dictionary_VR
 
@@ -184,3 +184,109 @@ def _value(raw: memoryview, kind: str) -> Any:
             raise _Unexpected
         return int(text)
     return text
+
+
+# ---- completeness: every element's value is there -------------------------------------------------
+_WINDOW = 65536
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+
+class _Reader:
+    """Random reads of a data set (bytes in memory, or a file read through a window)."""
+
+    def __init__(self, source: bytes | memoryview | BinaryIO, start: int, end: int) -> None:
+        self.source, self.start, self.end = source, start, end
+        self._at, self._buf = -1, b""
+
+    def read(self, pos: int, n: int) -> bytes:
+        n = max(0, min(n, self.end - self.start - pos))  # never past the data set's end
+        if not isinstance(self.source, (bytes, memoryview)):
+            if pos < self._at or pos + n > self._at + len(self._buf):
+                self.source.seek(self.start + pos)
+                self._at, self._buf = pos, self.source.read(max(n, _WINDOW))
+            return bytes(self._buf[pos - self._at:pos - self._at + n])
+        return bytes(self.source[self.start + pos:self.start + pos + n])
+
+
+def cut_short(source: bytes | memoryview | BinaryIO, start: int, end: int, transfer_syntax: str) -> str | None:
+    """Why the data set in `source[start:end]` is cut short (an element declaring more bytes than follow,
+    or a header broken off at the end), naming the element; None when it is whole (or cannot be
+    judged: deflated, nested deeper than any real data set). Only headers are read: values are skipped."""
+    if transfer_syntax == "1.2.840.10008.1.2.1.99":
+        return None  # deflated: the inflate check refuses a cut-off stream
+    explicit = transfer_syntax != IMPLICIT_LE
+    order = ">" if transfer_syntax == _BIG_ENDIAN else "<"
+    try:
+        _walk(_Reader(source, start, end), 0, end - start, explicit, order, 0, None)
+    except _Cut as cut:
+        return str(cut)
+    except _Unexpected:
+        return None
+    return None
+
+
+class _Cut(Exception):
+    pass
+
+
+def _name(tag: int) -> str:
+    from pydicom.datadict import keyword_for_tag
+
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword_for_tag(tag) or 'element'}"
+
+
+def _walk(r: _Reader, pos: int, end: int, explicit: bool, order: str, depth: int, stop: int | None) -> int:
+    """Element headers from `pos` to `end`, or up to the delimiter tag `stop`; returns where it ended."""
+    if depth > _MAX_DEPTH:
+        raise _Unexpected
+    while pos < end:
+        head = r.read(pos, 8)
+        if len(head) < 8:
+            raise _Cut(f"data set ends inside an element header ({end - pos} bytes left)")
+        group, elem = struct.unpack_from(order + "HH", head)
+        tag = group << 16 | elem
+        vr: bytes | None = None
+        if group == 0xFFFE or not explicit:
+            length, value = struct.unpack_from(order + "L", head, 4)[0], pos + 8
+        elif head[4:6] in _LONG_VRS or head[4:6] not in _VRS:
+            vr = head[4:6]
+            more = r.read(pos + 8, 4)
+            if len(more) < 4:
+                raise _Cut(f"data set ends inside the header of {_name(tag)}")
+            length, value = struct.unpack_from(order + "L", more)[0], pos + 12
+        else:
+            vr = head[4:6]
+            length, value = struct.unpack_from(order + "H", head, 6)[0], pos + 8
+        if tag == stop:
+            return value
+        if length == _UNDEFINED:
+            # a sequence, encapsulated pixel data, or UN (whose content is implicit VR little endian)
+            inner = vr != b"UN" and explicit
+            pos = _items(r, value, end, inner, "<" if vr == b"UN" else order, depth + 1, tag)
+            continue
+        if value + length > end:
+            raise _Cut(f"{_name(tag)} cut short: {max(0, end - value)} of {length} bytes")
+        pos = value + length
+    if stop is not None:
+        raise _Cut("data set ends inside a sequence or item of undefined length")
+    return pos
+
+
+def _items(r: _Reader, pos: int, end: int, explicit: bool, order: str, depth: int, owner: int) -> int:
+    """The items of an undefined-length element up to its sequence delimiter; returns the position after."""
+    while True:
+        head = r.read(pos, 8)
+        if len(head) < 8:
+            raise _Cut(f"{_name(owner)} cut short: no sequence delimiter")
+        group, elem = struct.unpack_from(order + "HH", head)
+        tag, length = group << 16 | elem, struct.unpack_from(order + "L", head, 4)[0]
+        if tag == _SEQ_END:
+            return pos + 8
+        if tag != _ITEM:
+            raise _Unexpected
+        if length == _UNDEFINED:
+            pos = _walk(r, pos + 8, end, explicit, order, depth + 1, _ITEM_END)
+        elif pos + 8 + length > end:
+            raise _Cut(f"{_name(owner)} cut short: an item of {length} bytes, {max(0, end - pos - 8)} left")
+        else:
+            pos += 8 + length

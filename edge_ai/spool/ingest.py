@@ -7,26 +7,33 @@ import errno
 import hashlib
 import io
 import os
-import re
 import sqlite3
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
 
-from edge_ai.domain import InstanceRef
+from edge_ai.domain import InstanceRef, uid_problem
 from edge_ai.errors import Refusal, RejectedInstance
-from edge_ai.spool.header import fast_header, meta_transfer_syntax
-from edge_ai.spool.queue import Queue, StoreOutcome
+from edge_ai.spool.db import Database
+from edge_ai.spool.header import cut_short, fast_header, meta_transfer_syntax
+from edge_ai.spool.index import InstanceIndex
 from edge_ai.spool.store import Spool, write_all
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
 _GEOMETRY_TAGS = ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"]
-DEFAULT_MAX_INSTANCE_BYTES = 256 * 1024**2
+DEFAULT_MAX_INSTANCE_BYTES = 1024**3  # as config storage.max_instance_bytes
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    duplicate: bool  # same SOP Instance UID and bytes already stored
+    conflict: bool  # same SOP Instance UID, different content: kept as a new version
+    job_id: int  # the series' open job (0: a duplicate of a series already reported)
+    reopened: bool  # the series already had a result; this opened a new generation
 
 
 @dataclass(frozen=True)
@@ -36,13 +43,52 @@ class Stored:
     outcome: StoreOutcome
 
 
+class _Attached(Protocol):
+    @property
+    def job_id(self) -> int: ...
+    @property
+    def reopened(self) -> bool: ...
+
+
+class Jobs(Protocol):
+    """The job store as ingest sees it (edge_ai.grouping.jobs.JobStore)."""
+
+    def attach(self, tx: sqlite3.Connection, series_id: int, series_uid: str) -> _Attached:
+        """A new instance of the series joins its open job or opens the next generation."""
+
+    def open_job(self, series_id: int) -> int | None:
+        """The series' job still receiving or ready, if any."""
+
+
+Carried = Callable[[str, int], None]  # (carrier id, job id): grouping's note that a series is arriving
+
+
 class Ingest:
-    def __init__(self, spool: Spool, queue: Queue, min_free_bytes: int,
-                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES) -> None:
+    def __init__(self, spool: Spool, db: Database, index: InstanceIndex, jobs: Jobs, min_free_bytes: int,
+                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
+                 carried: Carried = lambda carrier, job: None) -> None:
         self.spool = spool
-        self.queue = queue
+        self.db = db
+        self.index = index
+        self.jobs = jobs
+        self.carried = carried
         self.min_free_bytes = min_free_bytes
         self.max_instance_bytes = max_instance_bytes
+
+    def add(self, ref: InstanceRef, modality: str, carrier: str) -> StoreOutcome:
+        """Index a durable file and attach it to its series' job, in one transaction; grouping hears
+        which carrier brought it before the commit, so it can never judge the series whole in between.
+
+        Raises:
+            sqlite3.Error: the index could not be written.
+        """
+        with self.db.tx() as tx:
+            indexed = self.index.add(tx, ref, modality)
+            if indexed.duplicate:
+                return StoreOutcome(True, False, self.jobs.open_job(indexed.series_id) or 0, False)
+            attached = self.jobs.attach(tx, indexed.series_id, ref.series_instance_uid)
+            self.carried(carrier, attached.job_id)
+        return StoreOutcome(False, indexed.conflict, attached.job_id, attached.reopened)
 
     def store(self, part10: bytes, dataset_bytes: bytes, context_sop_class: str, assoc: str) -> Stored:
         """Store one instance held in memory (the streaming path is `receive`).
@@ -75,7 +121,7 @@ class Ingest:
         opens. A file whose content does not match its hashed name (damaged since it was stored)
         is moved to the spool's quarantine folder and reported, never indexed.
         """
-        known = self.queue.instance_paths()
+        known = self.index.instance_paths()
         problems = []
         for path in self.spool.instance_files():
             if str(path) in known:
@@ -94,13 +140,13 @@ class Ingest:
                     moved = f"left in place ({move.strerror})"
                 problems.append(f"{path.name}: {exc}; {moved}")
                 continue
-            if self.queue.is_purged(uids["SOPInstanceUID"], digest):
+            if self.index.is_purged(uids["SOPInstanceUID"], digest):
                 with contextlib.suppress(OSError):  # retention's delete that a crash undid
                     path.unlink()
                 continue
             ref = InstanceRef(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["SeriesInstanceUID"],
                               uids["StudyInstanceUID"], str(path), digest, len(part10))
-            self.queue.add_instance(ref, uids["Modality"][:16], "recovered")
+            self.add(ref, uids["Modality"][:16], "recovered")
         return problems
 
 
@@ -202,7 +248,7 @@ class Receiving:
             size=self._size,
         )
         modality = uids["Modality"][:16]
-        if ingest.queue.has_instance(ref.sop_instance_uid, digest):
+        if ingest.index.has_instance(ref.sop_instance_uid, digest):
             self.discard()
         else:
             try:
@@ -214,7 +260,7 @@ class Receiving:
                 reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
                 raise RejectedInstance(Refusal.OUT_OF_RESOURCES, reason) from exc
         try:
-            outcome = ingest.queue.add_instance(ref, modality, self.assoc)
+            outcome = ingest.add(ref, modality, self.assoc)
         except sqlite3.Error as exc:
             raise RejectedInstance(Refusal.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
         return Stored(ref, modality, outcome)
@@ -242,12 +288,13 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
     probe = _probe(part10)
     _check_inflated_size(part10, probe, max_instance_bytes)
     header = parse_header(part10, probe)
+    _check_whole(part10, probe)
     # a value of the wrong type (a sequence where a UID belongs) counts as missing; never str() it
     uids = {k: v if isinstance(v := header.get(k, ""), str) else "" for k in _HEADER_TAGS}
     for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = uids[key]
-        if not value or len(value) > 64 or not _UID_RE.match(value):
-            raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, f"{key} missing or not a valid UID")
+        problem = uid_problem(uids[key])
+        if problem is not None:
+            raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, f"{key} {problem}")
     if uids["SOPClassUID"] != context_sop_class:
         raise RejectedInstance(
             Refusal.DATASET_MISMATCH,
@@ -262,6 +309,26 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
             f"({max_instance_bytes})",
         )
     return uids
+
+
+def _check_whole(part10: bytes | Path, probe: bytes) -> None:
+    """Refuse a data set whose last element declares more bytes than follow (a transfer cut short):
+    acknowledging it would tell the modality it is archived when it cannot be read.
+
+    Raises:
+        RejectedInstance: 0xC000, naming the element.
+    """
+    ts = meta_transfer_syntax(probe)
+    if ts is None or len(probe) < 144:
+        return
+    start = 144 + int.from_bytes(probe[140:144], "little")
+    if isinstance(part10, Path):
+        with part10.open("rb") as f:
+            why = cut_short(f, start, part10.stat().st_size, ts)
+    else:
+        why = cut_short(part10, start, len(part10), ts)
+    if why is not None:
+        raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, why)
 
 
 DEFLATED = "1.2.840.10008.1.2.1.99"

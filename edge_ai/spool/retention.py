@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_ai.spool.queue import Queue
+from edge_ai.spool.index import InstanceIndex
 from edge_ai.spool.store import fsync_dir
 
 DAY_S = 86400.0
@@ -33,7 +33,7 @@ class Purged:
     more: bool = False  # the time budget ran out with series left: call again
 
 
-def purge(queue: Queue, retention_days: float, audit: Callable[..., Any], now: float | None = None,
+def purge(index: InstanceIndex, retention_days: float, audit: Callable[..., Any], now: float | None = None,
           budget_s: float = 0.5, log: Any = None) -> Purged:
     """Delete the instance files of series past retention, for at most about `budget_s` (the caller's
     loop also feeds the watchdog); `retention_days` 0 keeps everything."""
@@ -43,10 +43,10 @@ def purge(queue: Queue, retention_days: float, audit: Callable[..., Any], now: f
     until = time.monotonic() + budget_s
     series_count = instance_count = freed = 0
     folders: set[Path] = set()
-    for series_id, series_uid in queue.purgeable_series(cutoff):
+    for series_id, series_uid in index.purgeable_series(cutoff):
         if time.monotonic() > until:
             return _done(folders, Purged(series_count, instance_count, freed, more=True))
-        files = queue.purge_series(series_id, cutoff)  # marked (durably) before anything is deleted
+        files = index.purge_series(series_id, cutoff)  # marked (durably) before anything is deleted
         if not files:
             continue
         size = sum(n for _, n in files)

@@ -63,7 +63,7 @@ def test_failure_status_carries_the_reason_for_the_modality(node_factory: Any) -
 
     node = node_factory().start()
     ds, _ = phantoms.dx_case(np.random.default_rng(1), size=64)
-    ds.StudyInstanceUID = "not-a-uid"
+    ds.StudyInstanceUID = "1.2.3/../4"  # lenient UIDs are stored; one that could steer a path is not
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(DX)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="EDGE_AI")

@@ -370,7 +370,24 @@ def test_a_failed_job_can_be_retried_by_an_admin(client: httpx.Client, setup: tu
     job = r.json()["job_id"]
     retried = client.post(f"/v1/jobs/{job}/retry")
     assert retried.status_code == 202 and retried.json()["state"] == "queued"
-    assert wait_for(lambda: any(e["event"] == "job.state" and e.get("reason") == "retried by ci-runner"
+    assert wait_for(lambda: any(e["event"] == "job.state" and e.get("reason") == "retry requested"
                                 for e in setup[0].audit_events()), 10)
     done = client.post("/v1/predict/demo-chest-xr", content=dx_bytes(10), headers={**dicom(b""), "Prefer": "wait=20"})
     assert client.post(f"/v1/jobs/{done.json()['job_id']}/retry").status_code == 409
+
+
+def test_a_reader_s_feedback_is_recorded_for_a_done_job(client: httpx.Client,
+                                                        setup: tuple[NodeProcess, Keys, str]) -> None:
+    """A reader posts agree/disagree on a finished job (feedback scope): 201 and audited; unknown job 404."""
+    node = setup[0]
+    key = node.api_key("reader", "read,feedback")
+    done = client.post("/v1/predict/demo-chest-xr", content=dx_bytes(11), headers={**dicom(b""), "Prefer": "wait=20"})
+    job = done.json()["job_id"]
+    with httpx.Client(base_url=node.http_url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as reader:
+        r = reader.post(f"/v1/jobs/{job}/feedback", json={"agree": False, "comment": "nodule is a nipple shadow"})
+        assert r.status_code == 201, r.text
+        assert reader.post("/v1/jobs/999999/feedback", json={"agree": True}).status_code == 404
+        assert reader.post(f"/v1/jobs/{job}/feedback", json={"comment": "no verdict"}).status_code == 400
+    assert client.post(f"/v1/jobs/{job}/feedback", json={"agree": True}).status_code == 403  # no feedback scope
+    assert wait_for(lambda: [e for e in node.audit_events() if e["event"].startswith("feedback")
+                             and str(e.get("job")) == job], 10)

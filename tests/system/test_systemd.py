@@ -62,7 +62,9 @@ def test_notify_protocol_and_clean_stop(node_factory: Any, notify: NotifySocket)
     assert node.stop(timeout=15) == 0
     assert time.monotonic() - started < 10
     assert "STOPPING=1" in notify.drain()
-    assert [e["event"] for e in node.audit_events()][-1] == "node.stop"
+    events = node.audit_events()
+    assert [e["event"] for e in events if e["event"] != "audit.seal"][-1] == "node.stop"
+    assert events[-1]["event"] == "audit.seal" and events[-1]["reason"] == "stop"  # sealed at every stop
 
 
 def test_no_watchdog_pings_for_another_pid(node_factory: Any, notify: NotifySocket) -> None:

@@ -24,21 +24,25 @@ def _section(title: str) -> list[list[str]]:
     return rows[1:]  # without the header row
 
 
-def test_sop_class_table_matches_contexts() -> None:
-    """Every storage SOP class the node negotiates is in the statement, with its UID and inference flag."""
+def test_sop_class_tables_match_contexts() -> None:
+    """The analysed classes table and the appendix of every accepted storage class match what the node
+    negotiates and analyses."""
     rows = {r[1]: r for r in _section("3.1 SOP classes")}
-    expected = {**contexts.STORAGE_CLASSES, contexts.VERIFICATION: "Verification"}
-    assert set(rows) == set(expected)
-    for uid, name in expected.items():
-        assert rows[uid][0] == name
-    for uid in contexts.STORAGE_CLASSES:
-        assert rows[uid][2] == ("no" if uid in contexts.NOT_INFERRED else "yes"), uid
+    assert set(rows) == {*contexts.ANALYSED, contexts.VERIFICATION}
+    for uid, name in contexts.ANALYSED.items():
+        assert rows[uid][0] == name and rows[uid][2] == "yes"
+    every = {r[1]: r[0] for r in _section("Appendix A")}
+    assert every == contexts.STORAGE_CLASSES
+    assert len(every) > 150  # MR, RT, SR documents, presentation states, ... not just the analysed ones
 
 
-def test_transfer_syntax_table_matches_contexts() -> None:
-    """The transfer syntaxes listed are exactly the ones offered for every storage context."""
-    uids = [r[1] for r in _section("3.2 Transfer syntaxes")]
-    assert sorted(uids) == sorted(contexts.TRANSFER_SYNTAXES)
+def test_transfer_syntax_table_matches_the_nodes_preference() -> None:
+    """The transfer syntaxes listed, in order, are the node's preference for every storage context."""
+    rows = _section("3.2 Transfer syntaxes")
+    assert [r[2] for r in rows] == contexts.TRANSFER_SYNTAXES
+    assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))
+    lossy = [r[3] == "lossy" for r in rows]
+    assert lossy == sorted(lossy), "a lossy syntax is preferred over a lossless one"
 
 
 def test_status_table_matches_status_module() -> None:

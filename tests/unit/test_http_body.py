@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from edge_ai import phantoms
 from edge_ai.errors import Refusal
 from edge_ai.http.body import BodyIngest, Outcome
 from edge_ai.http.problems import Problem
+from edge_ai.service.stores import open_stores
 from edge_ai.spool.ingest import Ingest
-from edge_ai.spool.queue import Queue
 from edge_ai.spool.store import Spool
 
 BOUNDARY = "xyzzy"
@@ -24,8 +25,10 @@ MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 
 
 @pytest.fixture
-def ingest(tmp_path: Path) -> Ingest:
-    return Ingest(Spool(tmp_path / "spool"), Queue(tmp_path / "queue.sqlite3"), 0)
+def ingest(tmp_path: Path) -> Iterator[Ingest]:
+    stores = open_stores(tmp_path)
+    yield Ingest(Spool(tmp_path / "spool"), stores.db, stores.index, stores.jobs, 0)
+    stores.close()
 
 
 def _dx(seed: int = 1, compress: bool = False) -> bytes:
@@ -64,7 +67,7 @@ def test_one_instance_is_kept_byte_for_byte(ingest: Ingest, compress: bool) -> N
     body = _dx(compress=compress)
     [outcome] = _send(ingest, body, "application/dicom")
     assert outcome.ok and outcome.refusal is None
-    [ref] = ingest.queue.series_instances(1)
+    [ref] = ingest.index.series_instances(1)
     assert Path(ref.path).read_bytes() == body and ref.sha256 == outcome.sha256
 
 
@@ -79,7 +82,7 @@ def test_multipart_stores_the_good_parts_and_names_the_bad(ingest: Ingest, poole
     assert [o.index for o in outcomes] == [0, 1, 2, 3]
     assert "JPEG" in outcomes[1].refusal.reason  # type: ignore[union-attr]
     assert "application/json" in outcomes[3].refusal.reason  # type: ignore[union-attr]
-    assert len(ingest.queue.series_instances(1)) + len(ingest.queue.series_instances(2)) == 2
+    assert len(ingest.index.series_instances(1)) + len(ingest.index.series_instances(2)) == 2
 
 
 @pytest.mark.parametrize("cut", [100, 140, 400, 2000, -5000, -1])
@@ -90,7 +93,7 @@ def test_a_body_cut_short_anywhere_is_refused_and_leaves_nothing(ingest: Ingest,
     assert not outcome.ok and outcome.refusal is not None
     assert outcome.refusal.kind is Refusal.CANNOT_UNDERSTAND
     assert "cut short" in outcome.refusal.reason or "not a DICOM" in outcome.refusal.reason
-    assert _leftovers(ingest) == [] and ingest.queue.counts()["received"] == 0
+    assert _leftovers(ingest) == [] and ingest.jobs.counts()["received"] == 0
 
 
 def test_a_compressed_body_cut_inside_its_fragments_is_refused(ingest: Ingest) -> None:
@@ -113,9 +116,9 @@ def test_what_is_not_dicom_is_named(ingest: Ingest, body: bytes, words: str) -> 
 
 
 def test_a_sop_class_the_node_does_not_store_is_refused(ingest: Ingest) -> None:
-    """An instance of a SOP class outside the node's storage classes is refused as not supported."""
+    """A data set whose SOP class is not a storage class at all is refused as not supported."""
     ds = pydicom.dcmread(io.BytesIO(_dx()))
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"  # Modality Worklist FIND
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     [outcome] = _send(ingest, buf.getvalue(), "application/dicom")
@@ -152,4 +155,4 @@ def test_a_multipart_body_without_its_closing_boundary_is_400(ingest: Ingest) ->
     with pytest.raises(Problem) as caught:
         sink.close()
     assert caught.value.status == 400 and list(ingest.spool.tmp.iterdir()) == []
-    assert len(ingest.queue.series_instances(1)) == 1 and len(_leftovers(ingest)) == 1
+    assert len(ingest.index.series_instances(1)) == 1 and len(_leftovers(ingest)) == 1

@@ -11,12 +11,13 @@ from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
 from edge_ai import config
+from edge_ai.grouping.completion import Completion
 from edge_ai.http import api
 from edge_ai.http.server import make
 from edge_ai.observability import logging as obs_logging
 from edge_ai.observability.audit import AuditLog
+from edge_ai.service.stores import open_stores
 from edge_ai.spool.ingest import Ingest
-from edge_ai.spool.queue import Queue
 from edge_ai.spool.store import Spool
 
 
@@ -25,16 +26,17 @@ def parts(tmp_path: Path) -> Iterator[tuple[Any, AuditLog, str]]:
     path = tmp_path / "edge-ai.yaml"
     path.write_text("storage: {root: var}\n")
     cfg = config.load(path)
-    queue = Queue(cfg.storage.root / "spool" / "queue.sqlite3")
+    stores = open_stores(cfg.storage.root)
     audit = AuditLog(cfg.audit_path)
-    server = make(cfg, ingest=Ingest(Spool(cfg.storage.root / "spool"), queue, 0), queue=queue,
-                  audit=audit.record, log=obs_logging.get("test"), registry=CollectorRegistry(),
+    ingest = Ingest(Spool(cfg.storage.root / "spool"), stores.db, stores.index, stores.jobs, 0)
+    server = make(cfg, ingest=ingest, stores=stores, completion=Completion(stores.jobs, 1, 5), audit=audit.record,
+                  log=obs_logging.get("test"), registry=CollectorRegistry(),
                   models=lambda: ["demo-chest-xr"], not_ready=lambda: [], wake_worker=lambda: None)
     key = server.keys.create("ops", ["read"])
     yield server, audit, key
     server.close()
     audit.close()
-    queue.close()
+    stores.close()
 
 
 def test_while_stopping_every_request_is_503_and_ready_says_so(parts: tuple[Any, AuditLog, str]) -> None:

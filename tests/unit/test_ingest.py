@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from node_state import State
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -21,7 +22,6 @@ from edge_ai.dicom.scp import DIMSE_STATUS
 from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.spool import ingest as ingest_mod
 from edge_ai.spool.ingest import Ingest
-from edge_ai.spool.queue import Queue
 from edge_ai.spool.store import Spool
 
 
@@ -62,24 +62,23 @@ def spool(tmp_path: Path) -> Spool:
 
 
 @pytest.fixture
-def queue(tmp_path: Path) -> Iterator[Queue]:
-    q = Queue(tmp_path / "queue.sqlite")
-    yield q
-    q.close()
+def queue(tmp_path: Path) -> Iterator[State]:
+    state = State(tmp_path)
+    yield state
+    state.close()
 
 
 @pytest.fixture
-def ingest(spool: Spool, queue: Queue) -> Ingest:
-    return Ingest(spool, queue, min_free_bytes=0)
+def ingest(queue: State) -> Ingest:
+    return queue.ingest
 
 
 def stored_files(spool: Spool) -> list[Path]:
     return [p for p in spool.instances.rglob("*") if p.is_file()]
 
 
-def indexed(queue: Queue) -> int:
-    with queue._lock:
-        return int(queue._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+def indexed(queue: State) -> int:
+    return queue.count("instances")
 
 
 def reject(ingest: Ingest, part10: bytes, dataset: bytes | None = None, context: str = CT_IMAGE) -> int:
@@ -88,7 +87,7 @@ def reject(ingest: Ingest, part10: bytes, dataset: bytes | None = None, context:
     return DIMSE_STATUS[info.value.kind]
 
 
-def test_store_keeps_the_received_bytes(ingest: Ingest, spool: Spool, queue: Queue) -> None:
+def test_store_keeps_the_received_bytes(ingest: Ingest, spool: Spool, queue: State) -> None:
     """A valid CT instance is stored byte for byte and indexed under its series."""
     part10, dataset, ds = ct_part10()
     stored = ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
@@ -102,7 +101,7 @@ def test_store_keeps_the_received_bytes(ingest: Ingest, spool: Spool, queue: Que
     assert stored.modality == "CT"
     assert not stored.outcome.duplicate
     assert str(ds.SOPInstanceUID) not in str(path)
-    assert queue.association_released("assoc-1") == 1
+    assert queue.jobs.counts()["received"] == 1
 
 
 def test_sop_class_differing_from_context_is_a900(ingest: Ingest, spool: Spool) -> None:
@@ -122,7 +121,7 @@ def test_sop_class_differing_from_context_is_a900(ingest: Ingest, spool: Spool) 
     ],
     ids=["random", "empty", "truncated-meta", "truncated-dataset"],
 )
-def test_unparseable_bytes_are_c000(ingest: Ingest, spool: Spool, queue: Queue, mangle: object) -> None:
+def test_unparseable_bytes_are_c000(ingest: Ingest, spool: Spool, queue: State, mangle: object) -> None:
     """Bytes that are not a DICOM data set get 0xC000 and nothing is stored or indexed."""
     part10, _, _ = ct_part10()
     bad = mangle(part10)  # type: ignore[operator]
@@ -131,7 +130,7 @@ def test_unparseable_bytes_are_c000(ingest: Ingest, spool: Spool, queue: Queue, 
 
 
 @pytest.mark.parametrize("missing", ["SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID"])
-def test_missing_identifying_uid_is_c000(ingest: Ingest, spool: Spool, queue: Queue, missing: str) -> None:
+def test_missing_identifying_uid_is_c000(ingest: Ingest, spool: Spool, queue: State, missing: str) -> None:
     """An instance that cannot be placed in a study and series is refused with 0xC000."""
     part10, dataset, _ = ct_part10(**{missing: None})
     assert reject(ingest, part10, dataset) == 0xC000
@@ -146,9 +145,9 @@ def test_malformed_uid_is_c000(ingest: Ingest, spool: Spool) -> None:
     assert stored_files(spool) == []
 
 
-def test_low_disk_space_is_a700_and_nothing_written(spool: Spool, queue: Queue) -> None:
+def test_low_disk_space_is_a700_and_nothing_written(spool: Spool, queue: State) -> None:
     """Below storage.min_free_bytes the C-STORE answers 0xA700 and writes nothing."""
-    ingest = Ingest(spool, queue, min_free_bytes=spool.free_bytes() + 10**12)
+    ingest = Ingest(spool, queue.stores.db, queue.index, queue.jobs, min_free_bytes=spool.free_bytes() + 10**12)
     part10, dataset, _ = ct_part10()
     assert reject(ingest, part10, dataset) == status.OUT_OF_RESOURCES == 0xA700
     assert stored_files(spool) == [] and list(spool.tmp.iterdir()) == [] and indexed(queue) == 0
@@ -156,7 +155,7 @@ def test_low_disk_space_is_a700_and_nothing_written(spool: Spool, queue: Queue) 
 
 @pytest.mark.parametrize("where", ["while the data set arrives", "at fsync"])
 def test_disk_full_during_write_is_a700_and_nothing_indexed(
-    ingest: Ingest, spool: Spool, queue: Queue, monkeypatch: pytest.MonkeyPatch, where: str
+    ingest: Ingest, spool: Spool, queue: State, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """A write or fsync that hits ENOSPC answers 0xA700; the instance is neither on disk, nor left in
     tmp, nor in the index."""
@@ -188,11 +187,11 @@ def test_streamed_instance_is_the_same_file_as_one_stored_whole(ingest: Ingest, 
     assert stored.ref.size == len(part10) and list(spool.tmp.iterdir()) == []
 
 
-def test_data_set_above_max_instance_bytes_is_refused_while_it_arrives(spool: Spool, queue: Queue) -> None:
+def test_data_set_above_max_instance_bytes_is_refused_while_it_arrives(spool: Spool, queue: State) -> None:
     """A data set whose encoded size passes storage.max_instance_bytes stops being written at that
     point (memory and disk stay flat) and is answered 0xC000 naming the key."""
     part10, dataset, _ = ct_part10()
-    ingest = Ingest(spool, queue, min_free_bytes=0, max_instance_bytes=64)
+    ingest = Ingest(spool, queue.stores.db, queue.index, queue.jobs, min_free_bytes=0, max_instance_bytes=64)
     receiving = ingest.receive(part10[:len(part10) - len(dataset)], CT_IMAGE, "assoc-1")
     receiving.write(memoryview(dataset))
     assert list(spool.tmp.iterdir()) == []
@@ -202,7 +201,7 @@ def test_data_set_above_max_instance_bytes_is_refused_while_it_arrives(spool: Sp
     assert stored_files(spool) == [] and indexed(queue) == 0
 
 
-def test_unwritable_spool_is_a700_and_nothing_indexed(ingest: Ingest, spool: Spool, queue: Queue) -> None:
+def test_unwritable_spool_is_a700_and_nothing_indexed(ingest: Ingest, spool: Spool, queue: State) -> None:
     """A spool whose instances folder cannot be written (a file in its place) answers 0xA700."""
     shutil.rmtree(spool.instances)
     spool.instances.write_bytes(b"")
@@ -212,7 +211,7 @@ def test_unwritable_spool_is_a700_and_nothing_indexed(ingest: Ingest, spool: Spo
     assert list(spool.tmp.iterdir()) == []
 
 
-def test_same_instance_twice_is_stored_once(ingest: Ingest, spool: Spool, queue: Queue) -> None:
+def test_same_instance_twice_is_stored_once(ingest: Ingest, spool: Spool, queue: State) -> None:
     """A resend of the same instance is acknowledged but kept and indexed only once."""
     part10, dataset, _ = ct_part10()
     first = ingest.store(part10, dataset, CT_IMAGE, "assoc-1")
@@ -237,7 +236,7 @@ def test_same_uid_with_changed_content_is_kept_as_new_version(ingest: Ingest, sp
 
 
 def test_a_failed_concurrent_store_of_the_same_instance_never_removes_the_acknowledged_one(
-    ingest: Ingest, spool: Spool, queue: Queue, monkeypatch: pytest.MonkeyPatch
+    ingest: Ingest, spool: Spool, queue: State, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two associations storing one instance at once both pass the duplicate check; when the second one's
     fsync fails, the first one's acknowledged file is still there, whole."""
@@ -248,7 +247,7 @@ def test_a_failed_concurrent_store_of_the_same_instance_never_removes_the_acknow
     first.write(memoryview(dataset))
     second.write(memoryview(dataset))
     acknowledged = first.finish()
-    monkeypatch.setattr(queue, "has_instance", lambda *a: False)  # it checked before the first committed
+    monkeypatch.setattr(queue.index, "has_instance", lambda *a: False)  # it checked before the first committed
 
     def broken(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
@@ -259,7 +258,7 @@ def test_a_failed_concurrent_store_of_the_same_instance_never_removes_the_acknow
     assert Path(acknowledged.ref.path).read_bytes() == part10
 
 
-def test_a_deflate_bomb_is_refused_without_inflating_it_whole(spool: Spool, queue: Queue) -> None:
+def test_a_deflate_bomb_is_refused_without_inflating_it_whole(spool: Spool, queue: State) -> None:
     """A deflated data set of a few kilobytes that inflates to 16 MiB is refused (0xC000, naming
     storage.max_instance_bytes) when the limit is 8 MiB; a deflated instance under the limit is stored."""
     from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -273,7 +272,8 @@ def test_a_deflate_bomb_is_refused_without_inflating_it_whole(spool: Spool, queu
         raw = buf.getvalue()
         return raw, raw[ingest_mod.dataset_offset(raw):]
 
-    ingest = Ingest(spool, queue, min_free_bytes=0, max_instance_bytes=8 * 1024 * 1024)
+    ingest = Ingest(spool, queue.stores.db, queue.index, queue.jobs, min_free_bytes=0,
+                    max_instance_bytes=8 * 1024 * 1024)
     bomb, bomb_set = deflated(16 * 1024 * 1024)
     assert len(bomb) < 100_000
     with pytest.raises(RejectedInstance) as info:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from node_state import State
 from test_ingest import ct_part10
 
 from edge_ai.dicom.contexts import CT_IMAGE
-from edge_ai.spool.ingest import Ingest, dataset_offset
-from edge_ai.spool.queue import Queue
-from edge_ai.spool.store import Spool
+from edge_ai.spool.ingest import dataset_offset
 
 
-def _ingest(root: Path, db: str = "queue.sqlite3") -> Ingest:
-    return Ingest(Spool(root / "spool"), Queue(root / db), min_free_bytes=0)
+def _state(root: Path, db: str = "queue.sqlite3") -> State:
+    return State(root, db=db)
 
 
 def test_dataset_offset_matches_what_the_scp_hashes() -> None:
@@ -24,33 +23,33 @@ def test_dataset_offset_matches_what_the_scp_hashes() -> None:
 
 def test_files_missing_from_the_index_are_indexed_again(tmp_path: Path) -> None:
     """A stored instance whose index row was rolled back is back in its series' job after recovery."""
-    first = _ingest(tmp_path)
+    first = _state(tmp_path)
     part10, dataset, ds = ct_part10()
-    stored = first.store(part10, dataset, CT_IMAGE, "a1")
-    first.queue.close()
+    stored = first.ingest.store(part10, dataset, CT_IMAGE, "a1")
+    first.close()
     # the index as a power cut could leave it: without the last rows
-    after = _ingest(tmp_path, db="rolled-back.sqlite3")
-    assert after.recover_orphans() == []
-    refs = after.queue.series_instances(1)
+    after = _state(tmp_path, db="rolled-back.sqlite3")
+    assert after.ingest.recover_orphans() == []
+    refs = after.index.series_instances(1)
     assert [(r.sop_instance_uid, r.sha256, r.path) for r in refs] == [
         (ds.SOPInstanceUID, stored.ref.sha256, stored.ref.path)]
-    assert after.queue.counts()["received"] == 1
-    assert after.recover_orphans() == []  # idempotent
-    assert len(after.queue.series_instances(1)) == 1
+    assert after.jobs.counts()["received"] == 1
+    assert after.ingest.recover_orphans() == []  # idempotent
+    assert len(after.index.series_instances(1)) == 1
 
 
 def test_a_damaged_file_is_reported_not_indexed(tmp_path: Path) -> None:
     """A spool file whose bytes no longer match its name (damaged since it was stored) is reported,
     moved to quarantine and left out of the index."""
-    first = _ingest(tmp_path)
+    first = _state(tmp_path)
     part10, dataset, _ = ct_part10()
-    stored = first.store(part10, dataset, CT_IMAGE, "a1")
-    first.queue.close()
+    stored = first.ingest.store(part10, dataset, CT_IMAGE, "a1")
+    first.close()
     path = Path(stored.ref.path)
     path.write_bytes(path.read_bytes()[:-10] + b"\x00" * 10)
-    after = _ingest(tmp_path, db="rolled-back.sqlite3")
-    problems = after.recover_orphans()
+    after = _state(tmp_path, db="rolled-back.sqlite3")
+    problems = after.ingest.recover_orphans()
     assert len(problems) == 1 and "does not match" in problems[0] and "quarantine" in problems[0]
-    assert after.queue.instance_paths() == set()
+    assert after.index.instance_paths() == set()
     assert not path.exists() and (tmp_path / "spool" / "quarantine" / path.name).exists()
-    assert after.recover_orphans() == []  # reported once, not at every start
+    assert after.ingest.recover_orphans() == []  # reported once, not at every start

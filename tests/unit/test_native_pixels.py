@@ -9,13 +9,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from edge_ai import phantoms
 from edge_ai.domain import InstanceRef
-from edge_ai.imaging import pixels
+from edge_ai.errors import ImagingError
+from edge_ai.imaging import frames, pixels
 from edge_ai.inference.package import Preprocessing, Window
-from edge_ai.service import workers
+from edge_ai.service import reading, workers
 
 SPEC = Preprocessing(window=Window(source="fixed", center=40.0, width=400.0), resize=(32, 32), mean=0.5, std=0.25)
 
@@ -62,23 +63,19 @@ def test_native_read_equals_pydicom_decode(tmp_path: Path, name: str, ds: Datase
     assert "PixelData" not in header and offset is not None
     dtype = pixels.native_dtype(header)
     assert dtype is not None
-    raw = workers._native_pixels(path, offset, header, dtype)
-    assert raw is not None
     spec = SPEC if name != "dx" else Preprocessing(window=Window(source="percentile"), resize=(32, 32))
-    np.testing.assert_array_equal(pixels.preprocess_native(header, raw, spec), pixels.preprocess(full, spec))
-    source = workers._Source(ref, header, offset)
-    np.testing.assert_array_equal(workers._tensor(source, spec), pixels.preprocess(full, spec))
+    with path.open("rb") as fp:
+        raw = np.frombuffer(fp.read(), dtype=np.uint8)
+    layout = frames.pixel_layout(header, lambda at, size: bytes(raw[at:at + size]), offset)
+    assert layout is not None and len(layout.pieces) == 1
+    source = reading.Source(ref, header, offset)
+    (unit,) = reading.units([source])
+    np.testing.assert_array_equal(reading.tensor(unit, header, spec), pixels.preprocess(full, spec))
 
 
-def test_compressed_multiframe_and_short_data_go_through_pydicom(tmp_path: Path) -> None:
-    """Anything but whole single-frame uncompressed data is left to pydicom's decoder."""
+def test_short_or_misplaced_pixel_data_is_left_to_pydicom(tmp_path: Path) -> None:
+    """Only whole pixel data is read by offset; short data is left to pydicom's decoder (and its error)."""
     ct = _ct()
-    packed = copy.deepcopy(ct)
-    packed.compress(RLELossless)
-    assert pixels.native_dtype(packed) is None
-    multi = copy.deepcopy(ct)
-    multi.NumberOfFrames = 2
-    assert pixels.native_dtype(multi) is None
     short = copy.deepcopy(ct)
     short.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     short.PixelData = short.PixelData[:100]
@@ -86,8 +83,45 @@ def test_compressed_multiframe_and_short_data_go_through_pydicom(tmp_path: Path)
     short.save_as(path, enforce_file_format=True)
     ref = InstanceRef("", "", "", "", str(path), "", 0)
     header, offset = workers._read_header(ref)
-    dtype = pixels.native_dtype(header)
-    assert dtype is not None
-    assert workers._native_pixels(path, offset, header, dtype) is None
-    assert workers._native_pixels(path, None, header, dtype) is None
-    assert workers._native_pixels(path, 0, header, dtype) is None  # not the Pixel Data element there
+    data = path.read_bytes()
+
+    def read_at(at: int, size: int) -> bytes:
+        return data[at:at + size]
+
+    assert frames.pixel_layout(header, read_at, offset) is None
+    assert frames.pixel_layout(header, read_at, None) is None
+    assert frames.pixel_layout(header, read_at, 0) is None  # not the Pixel Data element there
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_slice_read_by_offset_equals_pydicom_decode(tmp_path: Path, syntax: str) -> None:
+    """A compressed single-frame slice, its one fragment read from the file, gives pydicom's tensor."""
+    ds = _ct()
+    try:
+        ds.compress(syntax)
+    except (RuntimeError, NotImplementedError, ValueError) as exc:  # no encoder plugin installed
+        pytest.skip(f"cannot encode {syntax}: {exc}")
+    path = tmp_path / "packed.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    ref = InstanceRef("", "", "", "", str(path), "", 0)
+    header, offset = workers._read_header(ref)
+    (unit,) = reading.units([reading.Source(ref, header, offset)])
+    np.testing.assert_array_equal(reading.tensor(unit, header, SPEC), pixels.preprocess(pydicom.dcmread(path), SPEC))
+
+
+def test_corrupt_frame_fails_naming_instance_and_frame(tmp_path: Path) -> None:
+    """A multi-frame instance with one undecodable frame fails its job with a reason naming that frame."""
+    vol, _ = phantoms.ct_volume(np.random.default_rng(3), slices=3, size=32, lesion=False)
+    ds = phantoms.enhanced_ct_dataset(vol)
+    ds.compress(RLELossless)
+    frames_ = [bytes(f) for f in pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=3)]
+    frames_[1] = frames_[1][:64] + b"\x00" * 8  # header of 2 segments, data cut
+    ds.PixelData = pydicom.encaps.encapsulate(frames_)
+    path = tmp_path / "bad.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    ref = InstanceRef("", str(ds.SOPInstanceUID), "", "", str(path), "", 0)
+    header, offset = workers._read_header(ref)
+    units = sorted(reading.units([reading.Source(ref, header, offset)]), key=lambda u: u.frame.index)
+    reading.tensor(units[0], frames.frame_header(header, units[0].frame), SPEC)
+    with pytest.raises(ImagingError, match=f"instance {ds.SOPInstanceUID} frame 2: cannot decode pixel data"):
+        reading.tensor(units[1], frames.frame_header(header, units[1].frame), SPEC)

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from node_state import State
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 
 from edge_ai.config import DicomDestination, FolderDestination, RetryPolicy
 from edge_ai.domain import InstanceRef, JobState
+from edge_ai.grouping.jobs import ReportRow
 from edge_ai.outbox.sender import Outbox, backoff
-from edge_ai.spool.queue import Queue, ReportRow
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
@@ -53,29 +54,30 @@ def make_sr(path: Path) -> Dataset:
 
 class Setup:
     def __init__(self, tmp_path: Path, destinations: list[FolderDestination | DicomDestination]) -> None:
-        self.queue = Queue(tmp_path / "queue.sqlite")
+        self.state = State(tmp_path)
         self.sr_path = tmp_path / "spool" / "reports" / "sr.dcm"
         self.sr = make_sr(self.sr_path)
         self.audits: list[tuple[str, dict[str, Any]]] = []
         self.log = Log()
         self.outbox = Outbox(
-            self.queue, destinations, "EDGE_AI", lambda event, **kw: self.audits.append((event, kw)), self.log
+            self.state.deliveries, destinations, "EDGE_AI", lambda event, **kw: self.audits.append((event, kw)),
+            self.log,
         )
         source = InstanceRef("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.1", "1.2.3.4", "1.2.3", "/x", "0" * 64, 1)
-        self.queue.add_instance(source, "CT", "a")
-        self.queue.association_released("a")
-        job = self.queue.claim_ready()
+        self.state.add(source)
+        self.state.release("a")
+        job = self.state.jobs.claim_ready()
         assert job is not None
         self.job_id = job.id
         sr_uids = (str(self.sr.SOPInstanceUID), str(self.sr.SeriesInstanceUID))
         row = ReportRow("demo", "1", "onnxruntime", *sr_uids, str(self.sr_path), False, 0.1)
-        self.queue.add_reports(job.id, [row], [[d.name for d in destinations]])
+        self.state.deliveries.report(job.id, [row], [[d.name for d in destinations]])
 
     def job_state(self) -> str:
-        return next(str(s) for s, n in self.queue.counts().items() if n)
+        return next(str(s) for s, n in self.state.jobs.counts().items() if n)
 
     def attempt_all(self, now: float | None = None) -> int:
-        due = self.queue.due_deliveries(now=now)
+        due = self.state.deliveries.due(now=now)
         for d in due:
             self.outbox.attempt(d)
         return len(due)
@@ -92,7 +94,7 @@ def setup_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for s in made:
-        s.queue.close()
+        s.state.close()
 
 
 def free_port() -> int:
@@ -178,7 +180,7 @@ def test_folder_destination_missing_sr_is_dead_lettered(tmp_path: Path, setup_fa
     s = setup_factory([FolderDestination(name="results", type="folder", path=tmp_path / "results")])
     s.sr_path.unlink()
     s.attempt_all()
-    (dead,) = s.queue.dead_letters()
+    (dead,) = s.state.deliveries.dead_letters()
     assert "missing" in str(dead["reason"])
     assert s.job_state() == JobState.FAILED
 
@@ -189,8 +191,8 @@ def test_folder_destination_unwritable_is_retried(tmp_path: Path, setup_factory:
     blocker.write_bytes(b"not a folder")
     s = setup_factory([FolderDestination(name="results", type="folder", path=blocker)])
     s.attempt_all()
-    assert s.queue.due_deliveries() == []
-    assert s.queue.dead_letters() == []
+    assert s.state.deliveries.due() == []
+    assert s.state.deliveries.dead_letters() == []
     assert s.job_state() == JobState.REPORTED
     blocker.unlink()
     assert s.attempt_all(now=time.time() + 10) == 1
@@ -202,7 +204,7 @@ def test_unconfigured_destination_is_dead_lettered(tmp_path: Path, setup_factory
     s = setup_factory([FolderDestination(name="old", type="folder", path=tmp_path / "old")])
     s.outbox.destinations = {}
     s.attempt_all()
-    assert "no longer configured" in str(s.queue.dead_letters()[0]["reason"])
+    assert "no longer configured" in str(s.state.deliveries.dead_letters()[0]["reason"])
 
 
 # ---- DICOM ---------------------------------------------------------------------------------------
@@ -213,22 +215,22 @@ def test_closed_port_is_retried_then_dead_lettered(setup_factory: Any) -> None:
     s = setup_factory([dicom_dest(free_port(), attempts=3)])
     before = time.time()
     assert s.attempt_all() == 1
-    (pending,) = s.queue.due_deliveries(now=time.time() + 3600)
+    (pending,) = s.state.deliveries.due(now=time.time() + 3600)
     assert pending.attempts == 1
-    next_at = s.queue.next_delivery_at()
+    next_at = s.state.deliveries.next_at()
     assert next_at is not None and next_at >= before + 0.8
-    assert s.queue.due_deliveries() == []  # not due again at once
+    assert s.state.deliveries.due() == []  # not due again at once
     assert s.audits[-1][1]["outcome"] == "retry"
 
     assert s.attempt_all(now=time.time() + 3600) == 1
     assert s.job_state() == JobState.REPORTED
     assert s.attempt_all(now=time.time() + 3600) == 1
-    (dead,) = s.queue.dead_letters()
+    (dead,) = s.state.deliveries.dead_letters()
     assert dead["destination"] == "pacs" and dead["attempts"] == 3
     assert "gave up after 3 attempts" in str(dead["reason"])
     assert s.job_state() == JobState.FAILED
     assert s.audits[-1][1]["outcome"] == "dead_letter"
-    assert s.queue.due_deliveries(now=time.time() + 3600) == []
+    assert s.state.deliveries.due(now=time.time() + 3600) == []
 
 
 def test_dicom_destination_receives_the_sr(setup_factory: Any, storage_scp: Any) -> None:
@@ -249,7 +251,7 @@ def test_dicom_refusal_a900_is_dead_lettered_at_once(setup_factory: Any, storage
     s = setup_factory([dicom_dest(port, attempts=8)])
     s.attempt_all()
     assert len(received) == 1
-    (dead,) = s.queue.dead_letters()
+    (dead,) = s.state.deliveries.dead_letters()
     assert dead["attempts"] == 1 and "0xA900" in str(dead["reason"])
     assert s.job_state() == JobState.FAILED
 
@@ -259,7 +261,7 @@ def test_dicom_out_of_resources_is_retried(setup_factory: Any, storage_scp: Any)
     port, _ = storage_scp(0xA700)
     s = setup_factory([dicom_dest(port)])
     s.attempt_all()
-    assert s.queue.dead_letters() == []
+    assert s.state.deliveries.dead_letters() == []
     assert s.job_state() == JobState.REPORTED
     assert "0xA700" in str(s.audits[-1][1]["reason"])
 
@@ -272,7 +274,7 @@ def test_one_destination_down_does_not_hold_back_another(
     s = setup_factory([folder, dicom_dest(free_port())])
     s.attempt_all()
     assert (tmp_path / "results" / str(s.sr.StudyInstanceUID) / f"{s.sr.SOPInstanceUID}.dcm").exists()
-    (pending,) = s.queue.due_deliveries(now=time.time() + 3600)
+    (pending,) = s.state.deliveries.due(now=time.time() + 3600)
     assert pending.destination == "pacs"
     assert s.job_state() == JobState.REPORTED
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -97,3 +98,22 @@ def test_write_dataset_round_trips(tmp_path: Path) -> None:
     assert back.preamble is not None
     assert back.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert np.array_equal(back.pixel_array, ds.pixel_array)
+
+
+def test_enhanced_ct_holds_the_volume_frame_by_frame(tmp_path: Path) -> None:
+    """The Enhanced CT phantom holds each slice as a frame, positioned like the slice series; written
+    frame by frame it is the same file as written whole."""
+    vol, _ = phantoms.ct_volume(np.random.default_rng(4), slices=5, size=32, lesion=False)
+    ds = phantoms.enhanced_ct_dataset(vol, study_instance_uid="1.2.3")
+    assert ds.NumberOfFrames == 5 and ds.StudyInstanceUID == "1.2.3"
+    whole = tmp_path / "whole.dcm"
+    phantoms.write_dataset(ds, whole)
+    assert np.array_equal(pydicom.dcmread(whole).pixel_array, vol)
+    series = phantoms.ct_series_datasets(vol)
+    for item, sl in zip(ds.PerFrameFunctionalGroupsSequence, series, strict=True):
+        assert item.PlanePositionSequence[0].ImagePositionPatient == sl.ImagePositionPatient
+    streamed = tmp_path / "streamed.dcm"
+    header = copy.deepcopy(ds)
+    del header.PixelData
+    phantoms.write_multiframe(header, iter(vol), streamed)
+    assert streamed.read_bytes() == whole.read_bytes()

@@ -212,3 +212,14 @@ def test_rule_needs_exactly_one_of_model_or_models() -> None:
         Route(name="x", match=RouteMatch())
     with pytest.raises(ValueError, match="exactly one of model or models"):
         Route(name="x", match=RouteMatch(), model="a", models=["b"])
+
+
+def test_frames_of_one_instance_count_as_images_and_findings_name_their_frame() -> None:
+    """Each frame of a multi-frame instance is scored like a slice; a finding names its instance and frame."""
+    frames = [ImageInfo("1.2.3.9", "1.2.840.10008.5.1.4.1.1.2.1", 64, 64, n) for n in (1, 2, 3)]
+    result = summarize(FakePackage(threshold=0.5), "onnxruntime", frames, outputs([0.1, 0.9, 0.6]))
+    assert [s.frame_number for s in result.scores] == [1, 2, 3]
+    assert [(f.sop_instance_uid, f.frame_number) for f in result.findings] == [("1.2.3.9", 2), ("1.2.3.9", 3)]
+    assert all(f.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2.1" for f in result.findings)
+    single = summarize(FakePackage(threshold=0.5), "onnxruntime", images(1), outputs([0.9]))
+    assert single.findings[0].frame_number is None  # a single-frame image's finding names the instance alone

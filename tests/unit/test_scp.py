@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from node_state import State
 from test_ingest import ct_part10
 
 from edge_ai.config import Node
@@ -15,8 +16,6 @@ from edge_ai.dicom.contexts import CT_IMAGE, DX_PRESENTATION
 from edge_ai.dicom.scp import StorageSCP
 from edge_ai.dicom.transport import Association
 from edge_ai.spool.ingest import Ingest
-from edge_ai.spool.queue import Queue
-from edge_ai.spool.store import Spool
 
 
 class _Log:
@@ -29,9 +28,9 @@ class _Log:
 
 @pytest.fixture
 def ingest(tmp_path: Path) -> Iterator[Ingest]:
-    queue = Queue(tmp_path / "q.sqlite3")
-    yield Ingest(Spool(tmp_path / "spool"), queue, min_free_bytes=0)
-    queue.close()
+    state = State(tmp_path)
+    yield state.ingest
+    state.close()
 
 
 def _store(scp: StorageSCP, context: str, affected: str, sop_instance_uid: str, data: bytes) -> tuple[int, str]:
@@ -54,7 +53,7 @@ def test_an_audit_that_fails_after_the_store_still_answers_success(ingest: Inges
     scp = StorageSCP(Node(), ingest, audit, log)
     _, dataset, ds = ct_part10()
     assert _store(scp, CT_IMAGE, CT_IMAGE, ds.SOPInstanceUID, dataset) == (status.SUCCESS, "")
-    (path,) = ingest.queue.instance_paths()
+    (path,) = ingest.index.instance_paths()
     assert Path(path).exists()
     assert "exception:audit_write_failed" in log.events
 
@@ -64,7 +63,7 @@ def test_an_audit_that_fails_after_the_store_still_answers_success(ingest: Inges
     (CT_IMAGE, CT_IMAGE, "1.2.3", status.DATASET_MISMATCH),  # not the data set's SOP Instance UID
     (CT_IMAGE, CT_IMAGE, "1.2.3/../x", status.CANNOT_UNDERSTAND),
     (CT_IMAGE, CT_IMAGE, "", status.CANNOT_UNDERSTAND),
-    (CT_IMAGE, "1.2.840.10008.5.1.4.1.1.88.33", "1.2.3", status.SOP_CLASS_NOT_SUPPORTED),
+    (CT_IMAGE, "1.2.840.10008.5.1.4.1.2.1.1", "1.2.3", status.SOP_CLASS_NOT_SUPPORTED),  # a query, not storage
 ])
 def test_a_request_refused_on_its_command_writes_nothing(ingest: Ingest, context: str, affected: str, uid: str,
                                                           code: int) -> None:

@@ -11,6 +11,7 @@ import pydicom
 
 from edge_ai import phantoms
 from edge_ai.domain import Box, Finding, InferenceResult, InstanceRef
+from edge_ai.imaging import frames
 from edge_ai.inference.package import load_package
 from edge_ai.models import __file__ as models_init
 from edge_ai.report.sr import DeviceInfo, build_sr
@@ -59,7 +60,7 @@ def test_first_arrived_and_evidence_first_headers_stay_whole(tmp_path: Path) -> 
             assert slim == whole
         else:
             assert "PatientName" not in slim and slim.SOPInstanceUID == whole.SOPInstanceUID
-            assert workers._slice_order(slim) == workers._slice_order(whole)
+            assert frames.frames(slim) == frames.frames(whole)  # same slice order
     assert all(o is not None for o in offsets)
 
 

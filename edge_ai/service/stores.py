@@ -1,0 +1,33 @@
+"""The node's persistent state in one SQLite file, opened as its three owners: the instance index
+(spool), the job store (grouping) and the deliveries (outbox)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_ai.grouping.jobs import JobStore, Listener
+from edge_ai.outbox.deliveries import Deliveries
+from edge_ai.spool.db import Database
+from edge_ai.spool.index import InstanceIndex
+
+FILENAME = Path("spool") / "queue.sqlite3"
+
+
+@dataclass
+class Stores:
+    db: Database
+    index: InstanceIndex
+    jobs: JobStore
+    deliveries: Deliveries
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_stores(root: Path, listener: Listener | None = None, filename: Path = FILENAME) -> Stores:
+    """Open (creating where new) the state under `storage.root`."""
+    db = Database(root / filename)
+    index = InstanceIndex(db)
+    jobs = JobStore(db, listener)
+    return Stores(db, index, jobs, Deliveries(db, jobs))

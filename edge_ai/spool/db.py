@@ -1,0 +1,89 @@
+"""The node's one SQLite file (WAL, synchronous=NORMAL), shared by the instance index, the job store and
+the outbox, each of which owns its own tables.
+
+One connection guarded by one lock: the writers are a handful of threads and every transaction is a
+few rows, so a pool would only add ways to deadlock. Work that must follow a commit (telling the
+rest of the node that a job changed state) is queued inside the transaction and run after COMMIT,
+outside the lock, and dropped on ROLLBACK, so nobody hears of a change that did not happen.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: commits are not fsync'd (a checkpoint is). Instance files are fsync'd before
+        # Success and Ingest.recover_orphans re-indexes any that a power cut rolled back, so the
+        # promise holds at a third of the per-instance fsyncs. Process crashes lose nothing.
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.lock = threading.RLock()
+        self._after: list[Callable[[], None]] = []
+        self._depth = 0
+
+    def ensure(self, schema: str, columns: dict[str, list[tuple[str, str]]] | None = None) -> None:
+        """Create a component's tables, and add `columns` ({table: [(name, declaration)]}) that an older
+        file lacks (a node upgraded in place keeps its spool)."""
+        with self.lock:
+            self.conn.executescript(schema)
+            for table, wanted in (columns or {}).items():
+                have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in wanted:
+                    if name not in have:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; nested use joins the outer transaction."""
+        with self.lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+                self._after.clear()
+                raise
+            self._depth = 0
+            self.conn.execute("COMMIT")
+            after, self._after = self._after, []
+        for call in after:
+            call()
+
+    def after_commit(self, call: Callable[[], None]) -> None:
+        """Run `call` once the current transaction has committed (never if it rolls back)."""
+        self._after.append(call)
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            yield self.conn
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[dict[str, object]]:
+        """A query's rows as dicts keyed by column name."""
+        with self.lock:
+            cur = self.conn.execute(sql, params)
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

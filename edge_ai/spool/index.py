@@ -1,0 +1,134 @@
+"""The instance index: which series exist and which durable files hold their instances (ingest,
+recovery, retention). Grouping and jobs live in edge_ai/grouping/jobs.py, deliveries in the outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from edge_ai.domain import InstanceRef
+from edge_ai.spool.db import Database
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL UNIQUE,
+    modality TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL REFERENCES series(id),
+    sop_instance_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, path TEXT NOT NULL,
+    sha256 TEXT NOT NULL, size INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 1,
+    received_at REAL NOT NULL, UNIQUE (sop_instance_uid, sha256));
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_id);
+CREATE INDEX IF NOT EXISTS instances_kept ON instances(series_id) WHERE path != '';
+"""
+
+
+@dataclass(frozen=True)
+class Indexed:
+    series_id: int
+    duplicate: bool  # same SOP Instance UID and bytes already stored
+    conflict: bool  # same SOP Instance UID, different bytes: kept as a new version
+
+
+class InstanceIndex:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.ensure(_SCHEMA)
+
+    def add(self, tx: sqlite3.Connection, ref: InstanceRef, modality: str) -> Indexed:
+        """Index a durable file inside the caller's transaction (`Database.tx`)."""
+        now = time.time()
+        tx.execute(
+            "INSERT INTO series(study_uid, series_uid, modality, created_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(series_uid) DO NOTHING",
+            (ref.study_instance_uid, ref.series_instance_uid, modality, now),
+        )
+        series_id = int(tx.execute("SELECT id FROM series WHERE series_uid=?",
+                                   (ref.series_instance_uid,)).fetchone()[0])
+        if tx.execute("SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?",
+                      (ref.sop_instance_uid, ref.sha256)).fetchone():
+            return Indexed(series_id, True, False)
+        versions = tx.execute("SELECT COALESCE(MAX(version), 0) FROM instances WHERE sop_instance_uid=?",
+                              (ref.sop_instance_uid,)).fetchone()[0]
+        tx.execute(
+            "INSERT INTO instances(series_id, sop_instance_uid, sop_class_uid, path, sha256, size, version,"
+            " received_at) VALUES (?,?,?,?,?,?,?,?)",
+            (series_id, ref.sop_instance_uid, ref.sop_class_uid, ref.path, ref.sha256, ref.size, versions + 1, now),
+        )
+        return Indexed(series_id, False, versions > 0)
+
+    def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:
+        with self.db.read() as db:
+            row = db.execute("SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?",
+                             (sop_instance_uid, sha256)).fetchone()
+        return row is not None
+
+    def instance_paths(self) -> set[str]:
+        with self.db.read() as db:
+            return {row[0] for row in db.execute("SELECT path FROM instances")}
+
+    def series_instances(self, series_id: int) -> list[InstanceRef]:
+        """The latest version of every instance of the series still in the spool, in arrival order."""
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT i.sop_class_uid, i.sop_instance_uid, s.series_uid, s.study_uid, i.path, i.sha256, i.size"
+                " FROM instances i JOIN series s ON s.id=i.series_id WHERE i.series_id=? AND i.path != ''"
+                " AND i.version ="
+                " (SELECT MAX(version) FROM instances j WHERE j.sop_instance_uid=i.sop_instance_uid)"
+                " ORDER BY i.id",
+                (series_id,),
+            ).fetchall()
+        return [InstanceRef(*r) for r in rows]
+
+    # ---- retention ----------------------------------------------------------------------------
+    def purgeable_series(self, before: float, limit: int = 100) -> list[tuple[int, str]]:
+        """(id, UID) of series whose every job is delivered, last changed before `before`, with files kept."""
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT s.id, s.series_uid FROM series s"
+                " WHERE EXISTS (SELECT 1 FROM instances i WHERE i.series_id=s.id AND i.path != '')"
+                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_id=s.id AND j.state != 'delivered')"
+                " AND (SELECT MAX(j.updated_at) FROM jobs j WHERE j.series_id=s.id) < ? LIMIT ?",
+                (before, limit),
+            ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def purge_series(self, series_id: int, before: float) -> list[tuple[str, int]]:
+        """Mark a series' kept files purged, durably, if it is still purgeable; returns (path, size) to delete.
+
+        Checked again and marked in one transaction under the database lock that ingest takes, so an
+        instance arriving meanwhile either lands before (the series is no longer purgeable) or after
+        (its file is not in the list). Committed with a full fsync before any file is deleted: after a
+        power cut no row points at a deleted file.
+        """
+        with self.db.lock:
+            self.db.conn.execute("PRAGMA synchronous=FULL")
+            try:
+                with self.db.tx() as db:
+                    still = db.execute(
+                        "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE series_id=? AND state != 'delivered')"
+                        " AND (SELECT MAX(updated_at) FROM jobs WHERE series_id=?) < ?",
+                        (series_id, series_id, before),
+                    ).fetchone()[0]
+                    if not still:
+                        return []
+                    files = db.execute(
+                        "SELECT path, size FROM instances WHERE series_id=? AND path != ''", (series_id,)
+                    ).fetchall()
+                    db.execute("UPDATE instances SET path='' WHERE series_id=? AND path != ''", (series_id,))
+            finally:
+                self.db.conn.execute("PRAGMA synchronous=NORMAL")
+        return [(str(p), int(n)) for p, n in files]
+
+    def is_purged(self, sop_instance_uid: str, sha256: str) -> bool:
+        """This content was stored once and its file deleted by retention."""
+        with self.db.read() as db:
+            row = db.execute("SELECT path FROM instances WHERE sop_instance_uid=? AND sha256=?",
+                             (sop_instance_uid, sha256)).fetchone()
+        return row is not None and row[0] == ""
+
+    def series_was_purged(self, series_id: int) -> bool:
+        with self.db.read() as db:
+            return db.execute("SELECT 1 FROM instances WHERE series_id=? AND path='' LIMIT 1",
+                              (series_id,)).fetchone() is not None
