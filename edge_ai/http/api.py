@@ -194,10 +194,18 @@ def create_app(ctx: HttpContext) -> Any:
     """The ASGI application: FastAPI routes behind the audit/stopping middleware."""
     app = FastAPI(title="edge_ai", version=__version__, openapi_url="/v1/openapi.json", docs_url=None,
                   redoc_url=None, description="Jobs, predictions and DICOMweb STOW-RS of the edge_ai node.")
-    submit_scope = Depends(require(ctx, "submit"))
-    read_scope = Depends(require(ctx, "read"))
-    admin_scope = Depends(require(ctx, "admin"))
     _exception_handlers(app, ctx)
+    _service_routes(app, ctx)
+    submit_scope = Depends(require(ctx, "submit"))
+    _submit_routes(app, ctx, submit_scope)
+    _job_routes(app, ctx)
+    _feedback_route(app, ctx)
+    dicomweb.add_routes(app, ctx, submit_scope)
+    return RequestAudit(app, ctx)
+
+
+def _service_routes(app: FastAPI, ctx: HttpContext) -> None:
+    """Probes and metrics: no credentials."""
 
     @app.get("/v1/health/live")
     async def live() -> dict[str, str]:
@@ -210,6 +218,13 @@ def create_app(ctx: HttpContext) -> Any:
             return _json(503, Problem(503, "; ".join(reasons), reasons=reasons).body(), {"Retry-After": "5"})
         return JSONResponse({"status": "ready", "models": ctx.models()})
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        data = await to_thread.run_sync(generate_latest, ctx.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+
+def _submit_routes(app: FastAPI, ctx: HttpContext, submit_scope: Any) -> None:
     @app.post("/v1/jobs", status_code=202, openapi_extra=DICOM_BODY)
     async def post_jobs(request: Request, principal: Principal = submit_scope,
                         model: str | None = None) -> Response:
@@ -227,6 +242,11 @@ def create_app(ctx: HttpContext) -> Any:
             return response
         body = await to_thread.run_sync(job_json, ctx, row, model)
         return JSONResponse(body, headers={"Preference-Applied": f"wait={wait}", "Location": body["href"]})
+
+
+def _job_routes(app: FastAPI, ctx: HttpContext) -> None:
+    read_scope = Depends(require(ctx, "read"))
+    admin_scope = Depends(require(ctx, "admin"))
 
     @app.get("/v1/jobs")
     async def list_jobs(_: Principal = read_scope, state: str | None = None, since: str | None = None,
@@ -259,6 +279,8 @@ def create_app(ctx: HttpContext) -> Any:
         return JSONResponse({"job_id": str(row.id), "state": "queued", "href": f"/v1/jobs/{row.id}"},
                             status_code=202, headers={"Location": f"/v1/jobs/{row.id}"})
 
+
+def _feedback_route(app: FastAPI, ctx: HttpContext) -> None:
     feedback_scope = Depends(require(ctx, "feedback"))
 
     @app.post("/v1/jobs/{job_id}/feedback", status_code=201)
@@ -273,14 +295,6 @@ def create_app(ctx: HttpContext) -> Any:
             kind = str(getattr(exc, "kind", "invalid"))
             raise Problem(_FEEDBACK_STATUS.get(kind, 422), str(exc), kind=kind.replace("_", "-")) from exc
         return JSONResponse({"feedback_id": str(feedback_id), "job_id": job_id}, status_code=201)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        data = await to_thread.run_sync(generate_latest, ctx.registry)
-        return Response(data, media_type=CONTENT_TYPE_LATEST)
-
-    dicomweb.add_routes(app, ctx, submit_scope)
-    return RequestAudit(app, ctx)
 
 
 def _since(text: str | None) -> float | None:

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,31 +60,12 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
     limit = ctx.cfg.max_request_bytes
     check_length(request, limit)
     intake = Intake(request_id=f"h{uuid.uuid4().hex}")
-    state = request.scope.setdefault("state", {})
-    state["intake"] = intake
+    request.scope.setdefault("state", {})["intake"] = intake
     hasher = hashlib.sha256() if request.headers.get("idempotency-key") else None
-    noting = threading.Lock()
-
     peer = request.client.host if request.client else ""
-
-    def note(outcome: Outcome) -> None:
-        """As each instance is decided: its audit line (as a C-STORE's) and its job."""
-        try:
-            _audit_instance(ctx, intake, outcome, principal, peer)
-        except Exception:  # stored is stored: a failed audit line is logged, the answer stands
-            ctx.log.exception("audit_write_failed", audit_event="instance", request_id=intake.request_id)
-        if outcome.stored is None:
-            return
-        job = outcome.stored.outcome.job_id or jobs_view.latest_job_of_series(
-            ctx.stores, outcome.stored.ref.series_instance_uid)
-        with noting:
-            if job and job not in intake.job_ids:
-                intake.job_ids.append(job)
-                if model is not None and not outcome.stored.outcome.duplicate:
-                    ctx.requests.set_model(job, model)
-
     body = BodyIngest(ctx.ingest, intake.request_id, request.headers.get("content-type", ""),
-                      multipart_allowed=multipart_allowed, study_uid=study_uid, on_outcome=note, pool=ctx.finishers)
+                      multipart_allowed=multipart_allowed, study_uid=study_uid,
+                      on_outcome=_noter(ctx, intake, principal, peer, model), pool=ctx.finishers)
     jobs_view.request_opened(ctx.completion, intake.request_id)
 
     def feed(chunks: list[bytes]) -> None:
@@ -92,7 +74,24 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
                 hasher.update(chunk)
         body.feed(chunks)
 
-    # the thread writes one batch while the loop reads the next: at most two batches in memory
+    try:
+        await _stream(request, intake, feed, limit)
+        intake.outcomes = await to_thread.run_sync(body.close)
+    except (Problem, ClientDisconnect, OSError) as exc:
+        await to_thread.run_sync(body.discard)
+        intake.outcomes = body.outcomes
+        await to_thread.run_sync(_finish, ctx, intake, False)
+        if isinstance(exc, Problem) and intake.stored:  # complete instances before the failure were stored
+            exc.extra["stored_sop_instance_uids"] = [o.sop_instance_uid for o in intake.stored]
+        raise
+    intake.body_sha256 = hasher.hexdigest() if hasher is not None else ""
+    await to_thread.run_sync(_finish, ctx, intake, True)
+    return intake
+
+
+async def _stream(request: Request, intake: Intake, feed: Callable[[list[bytes]], None], limit: int) -> None:
+    """The body to `feed` in ~1 MB batches: a thread writes one batch while the loop reads the next, so at
+    most two are in memory. Raises Problem 413 as soon as the body passes `limit`."""
     pending: asyncio.Future[None] | None = None
     try:
         batch: list[bytes] = []
@@ -111,21 +110,35 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
                 batch, size = [], 0
         if pending is not None:
             await pending
+            pending = None
         await to_thread.run_sync(feed, batch)
-        intake.outcomes = await to_thread.run_sync(body.close)
-    except (Problem, ClientDisconnect, OSError) as exc:
-        if pending is not None:
+    finally:
+        if pending is not None:  # never leave the thread writing while the caller discards
             with contextlib.suppress(Exception):
                 await pending
-        await to_thread.run_sync(body.discard)
-        intake.outcomes = body.outcomes
-        await to_thread.run_sync(_finish, ctx, intake, False)
-        if isinstance(exc, Problem) and intake.stored:  # complete instances before the failure were stored
-            exc.extra["stored_sop_instance_uids"] = [o.sop_instance_uid for o in intake.stored]
-        raise
-    intake.body_sha256 = hasher.hexdigest() if hasher is not None else ""
-    await to_thread.run_sync(_finish, ctx, intake, True)
-    return intake
+
+
+def _noter(ctx: HttpContext, intake: Intake, principal: Principal, peer: str,
+           model: str | None) -> Callable[[Outcome], None]:
+    noting = threading.Lock()
+
+    def note(outcome: Outcome) -> None:
+        """As each instance is decided (in a pool thread): its audit line (as a C-STORE's) and its job."""
+        try:
+            _audit_instance(ctx, intake, outcome, principal, peer)
+        except Exception:  # stored is stored: a failed audit line is logged, the answer stands
+            ctx.log.exception("audit_write_failed", audit_event="instance", request_id=intake.request_id)
+        if outcome.stored is None:
+            return
+        job = outcome.stored.outcome.job_id or jobs_view.latest_job_of_series(
+            ctx.stores, outcome.stored.ref.series_instance_uid)
+        with noting:
+            if job and job not in intake.job_ids:
+                intake.job_ids.append(job)
+                if model is not None and not outcome.stored.outcome.duplicate:
+                    ctx.requests.set_model(job, model)
+
+    return note
 
 
 def _finish(ctx: HttpContext, intake: Intake, complete: bool) -> None:
