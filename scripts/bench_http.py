@@ -32,7 +32,11 @@ CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY
 
 
 def _node(work: Path, name: str, **extra: Any) -> tuple[NodeProcess, str]:
-    node = NodeProcess(work / name, extra={"node": {"max_pdu_length": 131072}, **extra})
+    """A node whose DIMSE caller (storescu, AE MODALITY) is declared `sends: series`, as bench.py's are: its
+    series are complete at release, as an HTTP request's are at its end."""
+    callers = [{"ae_title": "MODALITY", "hosts": ["127.0.0.1/32"], "sends": "series"}]
+    node = NodeProcess(work / name, extra={"node": {"max_pdu_length": 131072, "allowed_callers": callers},
+                                           **extra})
     node.write_config()
     key = node.api_key("bench", "submit,read")
     node.start()
