@@ -61,8 +61,9 @@ class App:
         self.metrics_port: int | None = None
         self.audit = self._audited
         self.spool = Spool(root / "spool")
-        self.stores = open_stores(root, listener=self._on_job_state)
-        self.completion = Completion(self.stores.jobs, cfg.grouping.quiet_window_s, cfg.grouping.series_timeout_s)
+        self.stores = open_stores(root, listener=self._on_job_state, on_error=self._after_commit_failed)
+        g = cfg.grouping
+        self.completion = Completion(self.stores.jobs, g.quiet_window_s, g.series_timeout_s, g.aborted_timeout_s)
         self.models, self.model_checks = load_models(cfg, self.audit, self.log)
         self.shadows = load_shadows(cfg, self.models, self.audit, self.log)
         self.drift = DriftMonitor({}, cfg.drift.window, cfg.drift.threshold, self.audit, self.log)
@@ -217,6 +218,8 @@ class App:
         self.shadows = shadows
         self.pipeline = self._make_pipeline(cfg, models)
         self.outbox.destinations = {d.name: d for d in cfg.destinations or []}
+        g = cfg.grouping
+        self.completion.configure(g.quiet_window_s, g.series_timeout_s, g.aborted_timeout_s)
         self.cfg, self.models, self.model_checks = cfg, models, checks
         self._models_changed()
         self.audit("config.loaded", path=str(cfg.source), sha256=cfg.sha256, reload=True)
@@ -227,6 +230,11 @@ class App:
         self.audit("config.reload_refused", path=str(self.cfg.source), reason=reason)
         self.log.error("config_reload_refused", reason=reason)
         return False
+
+    def _after_commit_failed(self, exc: BaseException) -> None:
+        """A job's change is committed but telling the rest of the node failed (its audit line could not
+        be written): say so loudly; the job goes on."""
+        self.log.error("job_state_not_recorded", error=f"{type(exc).__name__}: {exc}")
 
     def _on_job_state(self, job_id: int, series_uid: str, state: JobState, reason: str) -> None:
         self.audit("job.state", job=job_id, series_uid=series_uid, state=state.value, reason=reason or None)
@@ -386,7 +394,10 @@ class App:
                 self._wake_worker.clear()
                 continue
             pipeline = self.pipeline  # a reload swaps it; this job finishes on the one it started with
-            pipeline.process(job)
+            try:
+                pipeline.process(job)
+            except Exception:  # process() never raises by design; if it does, the worker must live on
+                self.log.exception("worker_error", job=job.id)
 
     def _grouping_loop(self) -> None:
         """Completes series as grouping's rules make them whole (grouping/completion.py); wakes early when

@@ -107,12 +107,15 @@ class Storage(_Section):
 
 
 class Grouping(_Section):
-    # a series still on an open association, or whose association was aborted, completes after this much silence
+    # a series still on an open association completes after this much silence
     series_timeout_s: float = Field(10, gt=0, le=86400)
     # after the release of a series' last association, this much quiet (no new instance, no new association
     # for it) completes it, unless its caller declared sends: series (then: at release); never longer than
     # series_timeout_s
     quiet_window_s: float = Field(2.0, ge=0, le=600)
+    # a series whose last association ended without release (A-ABORT, dropped), or that was arriving when
+    # the node restarted, completes after this much silence: the sender usually sends again first
+    aborted_timeout_s: float = Field(60, gt=0, le=86400)
 
 
 class ModelRef(_Section):

@@ -3,7 +3,8 @@ pixels.preprocess, and the worker's frame-by-frame path (imaging.frames: frame l
 bytes, one frame decoded, pixels.preprocess_stored) on up to 3 frames.
 Input: [transfer syntax index, SOP class index] + data set bytes.
 
-Allowed outcomes are the ones the node turns into an answer: RejectedInstance (a refusal the SCP maps to a DIMSE status) at ingest
+Allowed outcomes are the ones the node turns into an answer: RejectedInstance (a refusal the SCP maps to
+a DIMSE status) at ingest
 (strict: any other exception there would be answered 0x0110 instead of the right status); in the worker
 an ImagingError or any other Exception, which its boundary turns into a failed job with the reason.
 Findings: anything else (a BaseException such as a Rust panic from a decoder, which kills the worker

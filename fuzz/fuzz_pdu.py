@@ -96,6 +96,9 @@ class _Service:
     def aborted(self, assoc: Association, reason: str) -> None:
         return None
 
+    def ended(self, assoc: Association) -> None:
+        return None
+
 
 SERVICE = _Service()
 

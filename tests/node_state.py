@@ -15,8 +15,9 @@ from edge_ai.spool.store import Spool
 
 class State:
     def __init__(self, root: Path, listener: Listener | None = None, quiet_window_s: float = 2.0,
-                 series_timeout_s: float = 10.0, db: str = "spool/queue.sqlite3", **ingest_kwargs: Any) -> None:
-        self.stores: Stores = open_stores(root, listener, Path(db))
+                 series_timeout_s: float = 10.0, db: str = "spool/queue.sqlite3",
+                 on_error: Any = None, **ingest_kwargs: Any) -> None:
+        self.stores: Stores = open_stores(root, listener, Path(db), on_error)
         self.spool = Spool(root / "spool")
         self.completion = Completion(self.stores.jobs, quiet_window_s, series_timeout_s)
         self.ingest = Ingest(self.spool, self.stores.db, self.stores.index, self.stores.jobs,

@@ -90,7 +90,7 @@ class NodeProcess:
         cfg: dict[str, Any] = {
             "node": {"ae_title": "EDGE_AI", "host": "127.0.0.1", "port": self.port},
             "storage": {"root": "var", "min_free_bytes": 1024 * 1024},
-            "grouping": {"series_timeout_s": 5},
+            "grouping": {"series_timeout_s": 5, "aborted_timeout_s": 5},
             "audit": {"path": "var/audit/audit.jsonl"},
             "metrics": {"port": free_port()},
             "http": {"port": self.http_port},

@@ -40,6 +40,7 @@ from edge_ai.dicom.tls import peer_identity
 # most PS3.8 allows) with a dozen transfer syntaxes each, plus a user identity token (a Kerberos or SAML
 # assertion can be tens of kilobytes), stays well under 1 MiB.
 CONTROL_PDU_LIMIT = 1024 * 1024
+_GROW_STEP = 64 * 1024  # a control PDU longer than this is read into a buffer that grows as bytes arrive
 _RJ_LOCAL_LIMIT = pdu.encode_associate_rj(0x02, 0x03, 0x02)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -190,9 +191,8 @@ class Sink(Protocol):
     def write(self, fragment: memoryview) -> None:
         """The next fragment of the data set, in order."""
 
-    def finish(self) -> tuple[int, str] | None:
-        """All fragments are in: (DIMSE status, error comment), or None when no response is owed.
-        Success only once it is durable."""
+    def finish(self) -> tuple[int, str]:
+        """All fragments are in: (DIMSE status, error comment). Success only once it is durable."""
 
     def discard(self) -> None:
         """The association ended mid-data set: leave nothing behind."""
@@ -236,20 +236,6 @@ class _Closed(Exception):
         self.reported = reported
 
 
-class _Swallow:
-    """Sink for a data set a C-ECHO request wrongly announced: it was answered already (PS3.7 9.3.5 says a
-    C-ECHO has none), so whatever follows is read and dropped, with no second response."""
-
-    def write(self, fragment: memoryview) -> None:
-        return None
-
-    def finish(self) -> tuple[int, str] | None:
-        return None
-
-    def discard(self) -> None:
-        return None
-
-
 class _Drain:
     """Sink for a data set nobody stores (an operation this SCP does not perform)."""
 
@@ -280,6 +266,7 @@ class Connection:
         self._established = False
         self._artim = time.monotonic() + policy.acse_timeout  # the whole A-ASSOCIATE-RQ by then
         self._peer_max = 0  # the requestor's maximum P-DATA-TF length (0: no limit)
+        self._swallowing: int | None = None
 
     # ---- reading -------------------------------------------------------------------------------
     def _recv_into(self, view: memoryview, deadline: float, limit: str) -> None:
@@ -346,11 +333,23 @@ class Connection:
             with contextlib.suppress(_Closed):
                 self._send(pdu.encode_abort(0x02, 0x06))
             raise _Closed(reason, reported=True)
+        if kind != pdu.P_DATA_TF and length > _GROW_STEP:
+            # a large association request: memory follows the bytes that actually arrive, and is not kept
+            return kind, memoryview(self._recv_growing(length, deadline, limit))
         if len(self._body) < length:
             self._body = bytearray(length if first else max(length, min(2 * len(self._body), limit_bytes)))
         body = memoryview(self._body)[:length]
         self._recv_into(body, deadline, limit)
         return kind, body
+
+    def _recv_growing(self, length: int, deadline: float, limit: str) -> bytearray:
+        """`length` bytes read in steps of `_GROW_STEP` into a buffer that grows with them."""
+        out, step = bytearray(), bytearray(_GROW_STEP)
+        while len(out) < length:
+            view = memoryview(step)[:min(_GROW_STEP, length - len(out))]
+            self._recv_into(view, deadline, limit)
+            out += view
+        return out
 
     def _send(self, data: bytes) -> None:
         try:
@@ -455,6 +454,9 @@ class Connection:
         request: Command | None = None
         context_id = 0
         sink: Sink | None = None
+        # a C-ECHO that wrongly announced a data set was answered at once (PS3.7 9.3.5: it has none);
+        # data set fragments on its context are dropped until the next command or release
+        self._swallowing = None
         try:
             while True:
                 if request is None and not command:
@@ -462,6 +464,7 @@ class Connection:
                 else:
                     kind, body = self._read_pdu(self.policy.dimse_timeout, "node.timeouts.dimse")
                 if kind == pdu.RELEASE_RQ:
+                    self._swallowing = None
                     if request is not None or command:
                         self._protocol_error("A-RELEASE-RQ in the middle of a message")
                     self._send(pdu.RELEASE_RP_PDU)
@@ -476,11 +479,15 @@ class Connection:
                 except PDUError as exc:
                     self._protocol_error(str(exc))
                 for ident, control, fragment in pdvs:
+                    if self._swallowing is not None:
+                        if not control & 0x01 and ident == self._swallowing and request is None and not command:
+                            if control & 0x02:
+                                self._swallowing = None
+                            continue
+                        self._swallowing = None
                     if ident not in self.assoc.contexts or (request is not None and ident != context_id):
                         self._protocol_error(f"PDV on presentation context {ident}, not the message's")
                     if control & 0x01:  # command fragment
-                        if isinstance(sink, _Swallow):  # the C-ECHO's announced data set never came
-                            request, sink = None, None
                         if request is not None:
                             self._protocol_error("command fragment while a data set is expected")
                         if command and ident != context_id:
@@ -504,9 +511,8 @@ class Connection:
                         sink.write(fragment)
                         if control & 0x02:
                             done, sink = sink, None
-                            answer = done.finish()
-                            if answer is not None:
-                                self._respond(request, context_id, *answer)
+                            code, comment = done.finish()
+                            self._respond(request, context_id, code, comment)
                             request = None
         finally:
             if sink is not None:
@@ -517,7 +523,9 @@ class Connection:
         abstract, transfer = self.assoc.contexts[context_id]
         if cmd.command_field == pdu.C_ECHO_RQ:  # answered at once, whatever its Command Data Set Type says
             self._respond(cmd, context_id, self.service.echo(self.assoc))
-            return (cmd, _Swallow()) if cmd.has_data_set else (None, None)
+            if cmd.has_data_set:
+                self._swallowing = context_id
+            return None, None
         if cmd.command_field == pdu.C_CANCEL_RQ:
             return None, None
         if cmd.command_field == pdu.C_STORE_RQ:

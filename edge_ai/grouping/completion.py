@@ -13,8 +13,8 @@ DICOM says nothing about the end of a series, so the node reads the evidence it 
    `grouping.quiet_window_s` has passed after that release with no new instance and no new carrier:
    the next association of a one-instance-per-association sender arrives well inside it.
 4. A carrier that ended without release (A-ABORT, a dropped connection) and series the node knows
-   nothing about (it restarted) wait `grouping.series_timeout_s` after their last instance, since a
-   sender that failed usually sends again.
+   nothing about (it restarted) wait `grouping.aborted_timeout_s` after their last instance, since a
+   sender that failed usually sends again (a router's retry comes after its own interval).
 
 Carriers live in memory only: after a restart rule 4 applies to every series still arriving.
 """
@@ -40,15 +40,21 @@ class _Carrier:
 
 class Completion:
     def __init__(self, jobs: JobStore, quiet_window_s: float, series_timeout_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 aborted_timeout_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self.jobs = jobs
-        self.quiet_window_s = min(quiet_window_s, series_timeout_s)
-        self.series_timeout_s = series_timeout_s
         self.clock = clock
+        self.configure(quiet_window_s, series_timeout_s, aborted_timeout_s)
         self._lock = threading.Lock()
         self._open: dict[str, _Carrier] = {}
-        self._closed: dict[int, tuple[float, str]] = {}  # job id -> (complete at, why): rules 2 and 3
+        # job id -> (complete at, why, noted at): rules 2 and 3
+        self._closed: dict[int, tuple[float, str, float]] = {}
         self.changed = threading.Event()  # set when something may have become due sooner
+
+    def configure(self, quiet_window_s: float, series_timeout_s: float, aborted_timeout_s: float | None = None) -> None:
+        """The grouping settings (at start, and again on a reload)."""
+        self.quiet_window_s = min(quiet_window_s, series_timeout_s)
+        self.series_timeout_s = series_timeout_s
+        self.aborted_timeout_s = series_timeout_s if aborted_timeout_s is None else aborted_timeout_s
 
     def opened(self, carrier: str, sends: str | None = None) -> None:
         with self._lock:
@@ -75,32 +81,33 @@ class Completion:
                 if not released:
                     self._closed.pop(job_id, None)  # rule 4
                 elif entry.sends == SERIES:
-                    self._closed[job_id] = (now, "carrier released; caller sends whole series")
+                    self._closed[job_id] = (now, "carrier released; caller sends whole series", now)
                 else:
                     self._closed[job_id] = (now + self.quiet_window_s,
-                                            f"quiet for {self.quiet_window_s:g} s after release")
+                                            f"quiet for {self.quiet_window_s:g} s after release", now)
             count = len(entry.jobs) if released else 0
         self.changed.set()
         return count
 
     def _verdicts(self, now: float) -> tuple[dict[str, list[tuple[int, float]]], float | None]:
         """Jobs complete now grouped by reason, and when the next one will be."""
+        seen_at = self.clock()  # what is noted after this may concern jobs the snapshot below misses
         receiving = self.jobs.receiving()
         ready: dict[str, list[tuple[int, float]]] = {}
         soonest: float | None = None
         with self._lock:
             carried = {job for c in self._open.values() for job in c.jobs}
             live = {job for job, _ in receiving}
-            for job in list(self._closed):
-                if job not in live:
+            for job, (_, _, noted) in list(self._closed.items()):
+                if job not in live and noted < seen_at:
                     del self._closed[job]  # moved on (completed, or a later generation): forget it
             for job, last in receiving:
                 if job in carried:
                     at, why = last + self.series_timeout_s, "series timeout on an open association"
                 elif job in self._closed:
-                    at, why = self._closed[job]
+                    at, why, _ = self._closed[job]
                 else:
-                    at, why = last + self.series_timeout_s, "series timeout"
+                    at, why = last + self.aborted_timeout_s, "timeout after an aborted transfer or a restart"
                 if at <= now:
                     ready.setdefault(why, []).append((job, last))
                 else:

@@ -24,6 +24,7 @@ from typing import Any
 
 from edge_ai.errors import ModelError
 from edge_ai.inference.package import ModelPackage, load_package
+from edge_ai.spool.store import fsync_dir
 
 _FILES = ("model.yaml", "model.onnx")  # plus the package's self-test file and README.md when present
 STATE = "state.json"
@@ -181,4 +182,4 @@ def _fsync(path: Path) -> None:
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
-        _fsync(path)
+        fsync_dir(path)

@@ -23,6 +23,7 @@ from typing import Any
 
 from edge_ai.observability import audit_segments as segs
 from edge_ai.observability.audit_seals import Seal, SealStore, key_id, seal_mac
+from edge_ai.spool.store import fsync_dir
 
 GENESIS = "0" * 64
 SEAL_EVENT = "audit.seal"
@@ -204,7 +205,7 @@ class AuditLog:
         self._fd = -1
         closed = segs.closed_name(self.path, self._first_seq)
         os.rename(self.path, closed)
-        segs.fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         first, self._first_seq, self._size = self._first_seq, 0, 0
         self._write(SEGMENT_EVENT, {"closed": closed.name, "first_seq": first, "last_seq": self._seq,
@@ -277,7 +278,7 @@ class AuditLog:
             self.record(RETENTION_EVENT, segment=seg.name, first_seq=link["first_seq"], last_seq=link["last_seq"],
                         last_hash=link["prev"], ended=link["last_time"])
             seg.path.unlink(missing_ok=True)
-            segs.fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             deleted.append(seg.name)
         return deleted
 

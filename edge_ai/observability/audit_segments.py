@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+from edge_ai.spool.store import fsync_dir
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -111,14 +113,6 @@ def lines(path: Path, offset: int = 0) -> Generator[tuple[int, bytes], None, Non
         for raw in f:
             yield pos, raw
             pos += len(raw)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def tidy(active: Path) -> None:

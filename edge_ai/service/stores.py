@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +26,10 @@ class Stores:
         self.db.close()
 
 
-def open_stores(root: Path, listener: Listener | None = None, filename: Path = FILENAME) -> Stores:
-    """Open (creating where new) the state under `storage.root`."""
-    db = Database(root / filename)
+def open_stores(root: Path, listener: Listener | None = None, filename: Path = FILENAME,
+                on_error: Callable[[BaseException], None] | None = None) -> Stores:
+    """Open (creating where new) the state under `storage.root`; `on_error`: see `Database`."""
+    db = Database(root / filename, on_error)
     index = InstanceIndex(db)
     jobs = JobStore(db, listener)
     return Stores(db, index, jobs, Deliveries(db, jobs))

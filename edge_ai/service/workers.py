@@ -23,7 +23,7 @@ from edge_ai.config import Route
 from edge_ai.dicom.contexts import ANALYSED
 from edge_ai.domain import InferenceResult, InstanceRef, Job
 from edge_ai.errors import EdgeAIError, ImagingError, ModelError
-from edge_ai.grouping.jobs import ReportRow
+from edge_ai.grouping.jobs import InvalidTransition, ReportRow
 from edge_ai.grouping.routing import RouteDecision, route
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
@@ -105,7 +105,10 @@ class Pipeline:
 
     def _fail(self, job: Job, reason: str) -> None:
         self.log.warning("job_failed", job=job.id, reason=reason)
-        self.stores.jobs.fail(job.id, reason)
+        try:
+            self.stores.jobs.fail(job.id, reason)
+        except InvalidTransition:  # it moved on before the error (reported, say): that state stands
+            self.log.error("job_fail_refused", job=job.id, state=str(self.stores.jobs.state(job.id)))
 
     def _process(self, job: Job) -> None:
         stored = self.stores.index.series_instances(job.series_id)

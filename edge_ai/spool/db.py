@@ -17,9 +17,12 @@ from pathlib import Path
 
 
 class Database:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_error: Callable[[BaseException], None] | None = None) -> None:
+        """`on_error` hears of a failure in work run after a commit (an audit line that could not be
+        written): the committed change stands and its caller is not told it failed."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.on_error = on_error
         self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self.conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL: commits are not fsync'd (a checkpoint is). Instance files are fsync'd before
@@ -70,7 +73,12 @@ class Database:
             self.conn.execute("COMMIT")
             after, self._after = self._after, []
         for call in after:
-            call()
+            try:
+                call()
+            except Exception as exc:  # the change is committed: a failing listener must not undo what it reports
+                if self.on_error is None:
+                    raise
+                self.on_error(exc)
 
     def after_commit(self, call: Callable[[], None]) -> None:
         """Run `call` once the current transaction has committed (never if it rolls back)."""

@@ -188,6 +188,7 @@ def _value(raw: memoryview, kind: str) -> Any:
 
 # ---- completeness: every element's value is there -------------------------------------------------
 _WINDOW = 65536
+_MAX_HEADERS = 100_000  # a data set needing more header reads than this is not judged (bounded CPU per store)
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
@@ -197,6 +198,17 @@ class _Reader:
     def __init__(self, source: bytes | memoryview | BinaryIO, start: int, end: int) -> None:
         self.source, self.start, self.end = source, start, end
         self._at, self._buf = -1, b""
+        self.headers = 0  # element headers read: a walk stops judging past _MAX_HEADERS
+
+    def zeros_from(self, pos: int) -> bool:
+        """Whether every byte from `pos` to the end is zero (padding some writers leave, not a cut)."""
+        size = self.end - self.start
+        while pos < size:
+            chunk = self.read(pos, _WINDOW)
+            if chunk.strip(b"\x00"):
+                return False
+            pos += len(chunk)
+        return True
 
     def read(self, pos: int, n: int) -> bytes:
         n = max(0, min(n, self.end - self.start - pos))  # never past the data set's end
@@ -216,17 +228,24 @@ def cut_short(source: bytes | memoryview | BinaryIO, start: int, end: int, trans
         return None  # deflated: the inflate check refuses a cut-off stream
     explicit = transfer_syntax != IMPLICIT_LE
     order = ">" if transfer_syntax == _BIG_ENDIAN else "<"
+    reader = _Reader(source, start, end)
     try:
-        _walk(_Reader(source, start, end), 0, end - start, explicit, order, 0, None)
+        _walk(reader, 0, end - start, explicit, order, 0, None)
     except _Cut as cut:
-        return str(cut)
+        # a few zero bytes after the last element are padding some writers leave, not a cut
+        padding = end - start - cut.pos < 8 and reader.zeros_from(cut.pos)
+        return None if padding else str(cut)
     except _Unexpected:
         return None
     return None
 
 
 class _Cut(Exception):
-    pass
+    """The data set ends before what the element at top-level position `pos` (or inside it) declares."""
+
+    def __init__(self, reason: str, pos: int) -> None:
+        super().__init__(reason)
+        self.pos = pos
 
 
 def _name(tag: int) -> str:
@@ -239,20 +258,28 @@ def _walk(r: _Reader, pos: int, end: int, explicit: bool, order: str, depth: int
     """Element headers from `pos` to `end`, or up to the delimiter tag `stop`; returns where it ended."""
     if depth > _MAX_DEPTH:
         raise _Unexpected
+    top = pos
     while pos < end:
+        if depth == 0:
+            top = pos
+        r.headers += 1
+        if r.headers > _MAX_HEADERS:
+            raise _Unexpected
         head = r.read(pos, 8)
         if len(head) < 8:
-            raise _Cut(f"data set ends inside an element header ({end - pos} bytes left)")
+            raise _Cut(f"data set ends inside an element header ({end - pos} bytes left)", top)
         group, elem = struct.unpack_from(order + "HH", head)
         tag = group << 16 | elem
         vr: bytes | None = None
         if group == 0xFFFE or not explicit:
             length, value = struct.unpack_from(order + "L", head, 4)[0], pos + 8
-        elif head[4:6] in _LONG_VRS or head[4:6] not in _VRS:
+        elif head[4:6] not in _VRS:
+            raise _Unexpected  # not a VR: implicit data under an explicit syntax, or garbage: pydicom's call
+        elif head[4:6] in _LONG_VRS:
             vr = head[4:6]
             more = r.read(pos + 8, 4)
             if len(more) < 4:
-                raise _Cut(f"data set ends inside the header of {_name(tag)}")
+                raise _Cut(f"data set ends inside the header of {_name(tag)}", top)
             length, value = struct.unpack_from(order + "L", more)[0], pos + 12
         else:
             vr = head[4:6]
@@ -260,24 +287,41 @@ def _walk(r: _Reader, pos: int, end: int, explicit: bool, order: str, depth: int
         if tag == stop:
             return value
         if length == _UNDEFINED:
-            # a sequence, encapsulated pixel data, or UN (whose content is implicit VR little endian)
-            inner = vr != b"UN" and explicit
-            pos = _items(r, value, end, inner, "<" if vr == b"UN" else order, depth + 1, tag)
+            pos = _undefined(r, value, end, explicit, order, depth, tag, vr, top)
             continue
         if value + length > end:
-            raise _Cut(f"{_name(tag)} cut short: {max(0, end - value)} of {length} bytes")
+            raise _Cut(f"{_name(tag)} cut short: {max(0, end - value)} of {length} bytes", top)
         pos = value + length
     if stop is not None:
-        raise _Cut("data set ends inside a sequence or item of undefined length")
+        raise _Cut("data set ends inside a sequence or item of undefined length", top)
     return pos
 
 
-def _items(r: _Reader, pos: int, end: int, explicit: bool, order: str, depth: int, owner: int) -> int:
+def _undefined(r: _Reader, value: int, end: int, explicit: bool, order: str, depth: int, tag: int,
+               vr: bytes | None, top: int) -> int:
+    """Past an undefined-length element: a sequence or encapsulated pixel data, or UN, whose content is
+    implicit VR little endian (PS3.5 6.2.2), or explicit where a writer got that wrong (pydicom reads both)."""
+    try:
+        if vr != b"UN":
+            return _items(r, value, end, explicit, order, depth + 1, tag, top)
+        try:
+            return _items(r, value, end, False, "<", depth + 1, tag, top)
+        except (_Cut, _Unexpected):
+            return _items(r, value, end, True, "<", depth + 1, tag, top)
+    except _Cut as cut:
+        cut.pos = top
+        raise
+
+
+def _items(r: _Reader, pos: int, end: int, explicit: bool, order: str, depth: int, owner: int, top: int) -> int:
     """The items of an undefined-length element up to its sequence delimiter; returns the position after."""
     while True:
+        r.headers += 1
+        if r.headers > _MAX_HEADERS:
+            raise _Unexpected
         head = r.read(pos, 8)
         if len(head) < 8:
-            raise _Cut(f"{_name(owner)} cut short: no sequence delimiter")
+            raise _Cut(f"{_name(owner)} cut short: no sequence delimiter", top)
         group, elem = struct.unpack_from(order + "HH", head)
         tag, length = group << 16 | elem, struct.unpack_from(order + "L", head, 4)[0]
         if tag == _SEQ_END:
@@ -287,6 +331,6 @@ def _items(r: _Reader, pos: int, end: int, explicit: bool, order: str, depth: in
         if length == _UNDEFINED:
             pos = _walk(r, pos + 8, end, explicit, order, depth + 1, _ITEM_END)
         elif pos + 8 + length > end:
-            raise _Cut(f"{_name(owner)} cut short: an item of {length} bytes, {max(0, end - pos - 8)} left")
+            raise _Cut(f"{_name(owner)} cut short: an item of {length} bytes, {max(0, end - pos - 8)} left", top)
         else:
             pos += 8 + length

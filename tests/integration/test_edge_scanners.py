@@ -177,32 +177,80 @@ def test_a_big_association_request_with_a_user_identity_token_is_accepted(node_f
         assoc.release()
 
 
-def test_a_c_echo_announcing_a_data_set_is_answered_at_once(node_factory: Any) -> None:
+def _two_context_rq() -> bytes:
+    """An A-ASSOCIATE-RQ proposing Verification (context 1) and CT Image Storage (context 3)."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "MODALITY", "EDGE_AI"
+    contexts_ = [build_context("1.2.840.10008.1.1"), build_context(contexts.CT_IMAGE, [ExplicitVRLittleEndian])]
+    for n, cx in enumerate(contexts_):
+        cx.context_id = 2 * n + 1
+    primitive.presentation_context_definition_list = contexts_
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(primitive)
+    return bytes(rq.encode())
+
+
+def _command(context: int, *elements: tuple[int, bytes]) -> bytes:
+    import struct
+
+    body = b"".join(struct.pack("<HHI", 0, tag, len(v)) + v for tag, v in elements)
+    return pdu.encode_pdata(context, struct.pack("<HHII", 0, 0, 4, len(body)) + body)
+
+
+def _echo(message_id: int, data_set_type: bytes) -> bytes:
+    return _command(1, (0x0002, b"1.2.840.10008.1.1\x00"), (0x0100, b"\x30\x00"),
+                    (0x0110, message_id.to_bytes(2, "little")), (0x0800, data_set_type))
+
+
+@pytest.mark.parametrize("then", ["release", "another echo", "the announced data set", "a C-STORE on another context"])
+def test_a_c_echo_announcing_a_data_set_is_answered_at_once(node_factory: Any, tmp_path: Path, then: str) -> None:
     """A C-ECHO-RQ whose Command Data Set Type says a data set follows gets its Success at once (not after
-    the DIMSE timeout), and the association goes on."""
+    the DIMSE timeout), and whatever the peer does next (release, another message, even the data set it
+    announced) goes on normally: no A-ABORT."""
     import socket
     import struct
 
-    from peers import associate_rq
-
     node = node_factory(extra={"node": {"timeouts": {"dimse": 20}}}).start()
     sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
-    sock.sendall(associate_rq())
+    sock.sendall(_two_context_rq())
     assert recv_pdu(sock)[0] == pdu.ASSOCIATE_AC
-    def echo(message_id: int, data_set_type: bytes) -> bytes:
-        body = b"".join(struct.pack("<HHI", 0, tag, len(v)) + v for tag, v in (
-            (0x0002, b"1.2.840.10008.1.1\x00"), (0x0100, b"\x30\x00"), (0x0110, message_id.to_bytes(2, "little")),
-            (0x0800, data_set_type)))
-        return pdu.encode_pdata(1, struct.pack("<HHII", 0, 0, 4, len(body)) + body)
-
     started = time.monotonic()
-    sock.sendall(echo(5, b"\x00\x00"))  # 0x0000: "a data set follows" (none will)
+    sock.sendall(_echo(5, b"\x00\x00"))  # 0x0000: "a data set follows"
     assert recv_pdu(sock)[0] == pdu.P_DATA_TF and time.monotonic() - started < 2
-    sock.sendall(echo(6, b"\x01\x01"))
-    assert recv_pdu(sock)[0] == pdu.P_DATA_TF, "the next C-ECHO on the same association is answered too"
+    if then == "another echo":
+        sock.sendall(_echo(6, b"\x01\x01"))
+        assert recv_pdu(sock)[0] == pdu.P_DATA_TF
+    elif then == "the announced data set":
+        item = struct.pack(">IBB", 10, 1, 0x02) + bytes(8)
+        sock.sendall(struct.pack(">BBI", pdu.P_DATA_TF, 0, len(item)) + item)  # dropped, no answer owed
+        sock.sendall(_echo(7, b"\x01\x01"))
+        assert recv_pdu(sock)[0] == pdu.P_DATA_TF
+    elif then == "a C-STORE on another context":
+        (path,) = _ct_files(tmp_path / "ct", slices=1)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uid = str(ds.SOPInstanceUID).encode()
+        uid += b"\x00" * (len(uid) % 2)
+        sock.sendall(_command(3, (0x0002, contexts.CT_IMAGE.encode() + b"\x00"), (0x0100, b"\x01\x00"),
+                              (0x0110, b"\x08\x00"), (0x0700, b"\x00\x00"), (0x0800, b"\x00\x00"),
+                              (0x1000, uid)))
+        data = dataset_bytes(path)
+        item = struct.pack(">IBB", len(data) + 2, 3, 0x02) + data
+        sock.sendall(struct.pack(">BBI", pdu.P_DATA_TF, 0, len(item)) + item)
+        answer = recv_pdu(sock)
+        assert answer[0] == pdu.P_DATA_TF
+        assert b"\x00\x09\x02\x00\x00\x00\x00\x00" in answer, "C-STORE answered Success"
     sock.sendall(bytes([pdu.RELEASE_RQ, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
     assert recv_pdu(sock)[0] == pdu.RELEASE_RP
     sock.close()
+    assert not [e for e in node.audit_events() if e["event"] == "association.aborted"]
 
 
 def test_association_ids_are_unique_across_restarts(node_factory: Any, tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def rng() -> Iterator[random.Random]:
 
 def test_kill9_at_random_points_loses_nothing(node_factory: Any, tmp_path: Path, rng: random.Random) -> None:
     """kill -9 during CT sends, many times: every acknowledged instance is reported, by exactly one SR."""
-    node = node_factory(extra={"grouping": {"series_timeout_s": 1}}).start()
+    node = node_factory(extra={"grouping": {"series_timeout_s": 1, "aborted_timeout_s": 1}}).start()
     acked = _kill_rounds(node, tmp_path, KILL_ROUNDS, rng)
     assert sum(len(v) for v in acked.values()) > 0, "no round acknowledged anything: kills came too early"
     series_with_acks = sum(1 for v in acked.values() if v)
@@ -132,7 +132,7 @@ def test_kill9_at_random_points_loses_nothing(node_factory: Any, tmp_path: Path,
 
 def test_negative_control_lost_spool_is_detected(node_factory: Any, tmp_path: Path, rng: random.Random) -> None:
     """Negative control: a node that loses its spool at each crash is caught by the same check."""
-    node = node_factory(extra={"grouping": {"series_timeout_s": 1}}).start()
+    node = node_factory(extra={"grouping": {"series_timeout_s": 1, "aborted_timeout_s": 1}}).start()
 
     def lose_spool(n: NodeProcess) -> None:
         shutil.rmtree(n.root / "var" / "spool", ignore_errors=True)

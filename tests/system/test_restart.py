@@ -33,7 +33,7 @@ def _srs(folder: Path) -> list[Path]:
 
 def test_kill9_right_after_ack_still_reports_once(node_factory: Any, tmp_path: Path) -> None:
     """A series acknowledged just before kill -9 is reported exactly once after restart."""
-    node = node_factory(extra={"grouping": {"series_timeout_s": 1}}).start()
+    node = node_factory(extra={"grouping": {"series_timeout_s": 1, "aborted_timeout_s": 1}}).start()
     datasets, files = _ct_files(tmp_path, seed=11)
     out = storescu(node.port, files)
     assert out.returncode == 0, out.stderr

@@ -112,13 +112,43 @@ def test_parallel_split_waits_for_every_carrier(st: State) -> None:
     assert due(st) == 1 and st.state(job) == "ready"
 
 
-def test_aborted_association_waits_the_series_timeout(st: State, clock: Clock) -> None:
-    """An aborted transfer is likely to be sent again: its series waits series_timeout_s, not the window."""
+def test_aborted_association_waits_the_aborted_timeout(st: State, clock: Clock) -> None:
+    """An aborted transfer is likely to be sent again: its series waits aborted_timeout_s, not the window."""
+    st.completion.configure(2.0, 10.0, aborted_timeout_s=60.0)
     job = send(st, "a1", 3, SERIES)
     st.completion.closed("a1", released=False)
-    clock.now += 9.9
+    clock.now += 59.9
     assert due(st) == 0
     clock.now += 0.2
+    assert due(st) == 1 and st.state(job) == "ready"
+
+
+def test_a_release_noted_while_a_verdict_is_being_made_is_not_forgotten(st: State, clock: Clock) -> None:
+    """A series that starts and is released between the verdict's look at the job store and its bookkeeping
+    still completes after the quiet window, not after the (longer) timeout."""
+    real = st.jobs.receiving
+    job: list[int] = []
+
+    def receiving_then_a_new_series() -> list[tuple[int, float]]:
+        snapshot = real()
+        if not job:
+            job.append(send(st, "a1", 1))
+            st.completion.closed("a1", released=True)
+        return snapshot
+
+    st.jobs.receiving = receiving_then_a_new_series  # type: ignore[method-assign]
+    assert due(st) == 0
+    st.jobs.receiving = real  # type: ignore[method-assign]
+    clock.now += 2.01
+    assert due(st) == 1 and st.state(job[0]) == "ready"
+
+
+def test_a_reload_changes_the_quiet_window(st: State, clock: Clock) -> None:
+    """grouping settings follow a reload (SIGHUP): a shorter quiet window applies to the next release."""
+    st.completion.configure(0.5, 10.0)
+    job = send(st, "a1", 1)
+    st.completion.closed("a1", released=True)
+    clock.now += 0.6
     assert due(st) == 1 and st.state(job) == "ready"
 
 

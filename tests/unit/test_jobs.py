@@ -234,6 +234,27 @@ def test_listener_not_told_of_rolled_back_changes(st: State, events: list[Event]
     assert st.state(job_id) == "inferring" and st.count("reports") == 0
 
 
+def test_a_listener_failing_after_commit_neither_undoes_nor_fails_the_change(tmp_path: Path) -> None:
+    """When the audit cannot record a job's change (its volume full), the change stands, the caller goes
+    on (ingest answers Success, the worker reports), and the failure is reported."""
+    errors: list[BaseException] = []
+
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    st = State(tmp_path, listener=full, on_error=errors.append)
+    try:
+        outcome = st.add(ref(1))  # does not raise
+        st.release("a")
+        job = st.jobs.claim_ready()
+        assert job is not None and job.id == outcome.job_id
+        st.deliveries.report(job.id, [], [])
+        assert st.state(job.id) == "delivered"
+        assert len(errors) == 5 and all(isinstance(e, OSError) for e in errors)
+    finally:
+        st.close()
+
+
 # ---- the transition table: one test per row, and everything else refused ---------------------------
 def _job_in(st: State, state: JobState) -> int:
     """A job brought to `state` through the table's own transitions."""
