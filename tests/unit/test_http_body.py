@@ -156,3 +156,11 @@ def test_a_multipart_body_without_its_closing_boundary_is_400(ingest: Ingest) ->
         sink.close()
     assert caught.value.status == 400 and list(ingest.spool.tmp.iterdir()) == []
     assert len(ingest.index.series_instances(1)) == 1 and len(_leftovers(ingest)) == 1
+
+
+def test_every_refusal_has_an_http_status_and_a_stow_failure_reason() -> None:
+    """Whatever ingest refuses for, the HTTP side has an answer for it (a new kind cannot reach a client as a 500)."""
+    from edge_ai.http.problems import REFUSAL_ANSWERS
+
+    assert set(REFUSAL_ANSWERS) == set(Refusal)
+    assert all(400 <= status < 600 and reason > 0 for status, reason in REFUSAL_ANSWERS.values())
