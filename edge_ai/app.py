@@ -16,6 +16,7 @@ from edge_ai.dicom.scp import StorageSCP
 from edge_ai.domain import JobState
 from edge_ai.errors import ConfigError, ModelError
 from edge_ai.grouping.completion import Completion
+from edge_ai.http import server as http_server
 from edge_ai.inference.package import load_package
 from edge_ai.observability import logging as obs_logging
 from edge_ai.observability import pending
@@ -81,6 +82,11 @@ class App:
                              cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes,
                              carried=self.completion.carried)
         self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, completion=self.completion)
+        self.http = http_server.make(
+            cfg, ingest=self.ingest, stores=self.stores, completion=self.completion, audit=self.audit,
+            log=self.log, registry=self.metrics.registry, models=lambda: sorted(self.models),
+            not_ready=self._not_ready, wake_worker=self._wake_worker.set, record_feedback=self.record_feedback,
+        ) if cfg.http.enabled else None
         self._threads: list[threading.Thread] = []
 
     def _make_pipeline(self, cfg: Config, models: dict[str, Served]) -> Pipeline:
@@ -90,7 +96,24 @@ class App:
             on_stage=self.metrics.observe_stage, on_tensor=self._on_tensor,
             on_error=self.metrics.observe_error, shadows=self.shadows, on_inferred=self._on_inferred,
             on_shadow=self.shadow_agreement.observe,
+            model_for=self._model_for,
         )
+
+    def _model_for(self, job_id: int) -> str | None:
+        """The model an HTTP request named for this job (POST /v1/predict/{model}), else None: routing."""
+        return self.http.ctx.requests.model_for(job_id) if self.http is not None else None
+
+    def _not_ready(self) -> list[str]:
+        """Why the node is not serving (GET /v1/health/ready); empty when it is."""
+        reasons = [] if self.models else ["no model is being served"]
+        if not self.scp.healthy():
+            reasons.append("the DICOM listener is not running")
+        try:
+            if self.spool.free_bytes() < self.cfg.storage.min_free_bytes:
+                reasons.append("free space is below storage.min_free_bytes")
+        except OSError:
+            reasons.append("the spool is not available")
+        return reasons
 
     # ---- telemetry: metrics, drift, status snapshot ---------------------------------------------
     def _audited(self, event: str, **fields: Any) -> None:
@@ -189,9 +212,9 @@ class App:
         missing = sorted({m for r in cfg.routing or [] for m in r.model_names} - set(models))
         if failed or missing:
             return self._reload_refused(failed[0].detail if failed else f"routing: model {missing[0]!r} not served")
-        if cfg.node != self.cfg.node or cfg.storage != self.cfg.storage:
-            self.log.warning("reload_partial", detail="node and storage settings take effect at restart")
-            cfg.node, cfg.storage = self.cfg.node, self.cfg.storage
+        if cfg.node != self.cfg.node or cfg.storage != self.cfg.storage or cfg.http != self.cfg.http:
+            self.log.warning("reload_partial", detail="node, storage and http settings take effect at restart")
+            cfg.node, cfg.storage, cfg.http = self.cfg.node, self.cfg.storage, self.cfg.http
         self.shadows = shadows
         self.pipeline = self._make_pipeline(cfg, models)
         self.outbox.destinations = {d.name: d for d in cfg.destinations or []}
@@ -215,6 +238,8 @@ class App:
 
     def _on_job_state(self, job_id: int, series_uid: str, state: JobState, reason: str) -> None:
         self.audit("job.state", job=job_id, series_uid=series_uid, state=state.value, reason=reason or None)
+        if self.http is not None:
+            self.http.ctx.watch.changed(job_id)
         if state is JobState.READY:
             self._wake_worker.set()
         elif state is JobState.REPORTED:
@@ -255,6 +280,9 @@ class App:
         self._wake_outbox.set()
         self._side_channels()
         self._start_metrics()
+        if self.http is not None:  # readiness includes the HTTP API: it is up before READY=1
+            port = self.http.start()
+            self.log.info("http_listening", host=self.cfg.http.host, port=port, tls=self.cfg.http.tls.enabled)
         self._write_status()
         self.log.info(
             "node_ready", ae_title=self.cfg.node.ae_title, host=self.cfg.node.host, port=self.scp.port,
@@ -314,7 +342,8 @@ class App:
         return done.more
 
     def _healthy(self) -> bool:
-        return self.scp.healthy() and all(t.is_alive() for t in self._threads)
+        return (self.scp.healthy() and all(t.is_alive() for t in self._threads)
+                and (self.http is None or self.http.healthy()))
 
     def _status_line(self) -> str:
         counts = self.stores.jobs.counts()
@@ -327,13 +356,19 @@ class App:
         self.notifier.stopping()
         self.log.info("node_stopping")
         self.request_stop()
+        if self.http is not None:
+            self.http.begin_stop()  # 503 for new requests; those in flight go on
         self._drain_associations(time.monotonic() + _DRAIN_S)
+        if self.http is not None:
+            self.http.stop(deadline - 2.0)
         self.scp.stop()
         while self.scp.active() and time.monotonic() < deadline - 2.0:  # connections see their sockets end
             time.sleep(0.02)
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
         self.metrics.close()
+        if self.http is not None:
+            self.http.close()
         self._write_status()
         self.audit("node.stop", pid=_pid())
         self.agreement.close()

@@ -40,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("path", type=Path)
     with_config(build)
     with_config(sub.add_parser("status", help="queue depth by state, last results, dead letters"))
+    apikey = sub.add_parser("apikey", help="API keys for the HTTP API (only their hashes are kept)")
+    apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
+    create = apikey_sub.add_parser("create", help="make a key; it is printed once, alone on the last line")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", required=True, help="comma-separated: submit,read,feedback,admin")
+    with_config(create)
+    with_config(apikey_sub.add_parser("list", help="name, scopes, created, last used (never the key)"))
+    revoke = apikey_sub.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+    with_config(revoke)
     loop_cli.add_parsers(sub, model_sub, with_config)
     return p
 
@@ -78,6 +88,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _build_engine(args.path, args.config)
     if args.command == "status":
         return _status(args.config)
+    if args.command == "apikey":
+        return _apikey(args)
     raise AssertionError(args.command)
 
 
@@ -98,6 +110,7 @@ def _check_config(path: Path | None) -> int:
     cfg = _load(path)
     _check_tls(cfg)
     _check_audit(cfg)
+    _check_http(cfg)
     served, checks = load_models(cfg)
     for c in checks:
         mark = "ok" if c.ok else "FAILED"
@@ -137,6 +150,59 @@ def _check_tls(cfg: config_mod.Config) -> None:
                 client_tls_context(tls)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"destinations[{dest.name}].tls: cannot load: {exc}") from exc
+
+
+def _check_http(cfg: config_mod.Config) -> None:
+    """The HTTP API's secret files (TLS key, key-hash secret, JWKS) and key store load, or the key is named.
+
+    Raises:
+        ConfigError: naming the http.* key whose file is missing, unreadable or unusable.
+    """
+    if not cfg.http.enabled:
+        return
+    from edge_ai.http.server import build_auth, tls_context
+
+    tls_context(cfg)
+    if cfg.http.auth.hmac_key_file is not None or cfg.api_key_secret_path.exists():
+        build_auth(cfg)  # an unset secret that does not exist yet is made at first start: nothing to check
+    elif cfg.http.auth.jwt is not None:
+        from edge_ai.http.auth import JwtVerifier
+
+        JwtVerifier(cfg.http.auth.jwt)
+
+
+def _apikey(args: argparse.Namespace) -> int:
+    from edge_ai.http.auth import ApiKeys, read_secret
+
+    cfg = _load(args.config)
+    keys = ApiKeys(cfg.api_keys_path, read_secret(cfg.api_key_secret_path,
+                                                       create=cfg.http.auth.hmac_key_file is None))
+    if args.apikey_command == "create":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        try:
+            key = keys.create(args.name, scopes)
+        except ValueError as exc:
+            print(f"edge-ai: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        print(f"API key {args.name!r} created with scopes {','.join(sorted(set(scopes)))}. "
+              "It is shown this once and kept only as a hash; use it as: Authorization: Bearer <key>")
+        print(key)
+        return EXIT_OK
+    if args.apikey_command == "revoke":
+        if not keys.revoke(args.name):
+            print(f"edge-ai: no API key named {args.name!r}", file=sys.stderr)
+            return EXIT_FAIL
+        print(f"API key {args.name!r} revoked")
+        return EXIT_OK
+    for k in keys.list():
+        used = _when(k["last_used"]) if k["last_used"] else "never"
+        print(f"{k['name']}\tscopes={','.join(k['scopes'])}\tcreated={_when(k['created'])}\tlast_used={used}"
+              f"\tprefix=eai_{k['prefix']}")
+    return EXIT_OK
+
+
+def _when(t: object) -> str:
+    return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="seconds") if isinstance(t, int | float) else "?"
 
 
 def _check_audit(cfg: config_mod.Config) -> None:

@@ -245,6 +245,36 @@ class Drift(_Section):
     threshold: float = Field(0.25, gt=0)
 
 
+class HttpTLS(TLS):
+    require_client_certificate: bool = False
+
+
+class Jwt(_Section):
+    """OAuth 2.0 access tokens (JWTs) checked offline against a JWKS file."""
+
+    jwks_file: Path
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+
+
+class HttpAuth(_Section):
+    api_keys: Path | None = None  # hashes only; managed by `edge-ai apikey` (unset: storage.root/api-keys.json)
+    # secret the key hashes are keyed with (unset: made at first use under storage.root, 0600)
+    hmac_key_file: Path | None = None
+    jwt: Jwt | None = None
+    # failed authentications one peer may make per minute before it is refused (429) for that minute
+    max_failures_per_minute: int = Field(10, ge=1, le=10000)
+
+
+class Http(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
+    tls: HttpTLS = HttpTLS()
+    max_request_bytes: int = Field(4 * 1024**3, ge=1024)
+    auth: HttpAuth = HttpAuth()
+
+
 class Export(_Section):
     # secret for consistent UID/ID pseudonyms; unset: storage.root/export-hmac.key, made at first use (0600)
     hmac_key_file: Path | None = None
@@ -261,6 +291,7 @@ class Config(_Section):
     metrics: Metrics = Metrics()
     drift: Drift = Drift()
     export: Export = Export()
+    http: Http = Http()
     # set by load(): where relative paths were resolved from, and the file's hash for the audit
     source: Path | None = Field(default=None, exclude=True)
     sha256: str = Field(default="", exclude=True)
@@ -268,6 +299,14 @@ class Config(_Section):
     @property
     def audit_path(self) -> Path:
         return self.audit.path or self.storage.root / "audit" / "audit.jsonl"
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.http.auth.api_keys or self.storage.root / "api-keys.json"
+
+    @property
+    def api_key_secret_path(self) -> Path:
+        return self.http.auth.hmac_key_file or self.storage.root / "api-keys.hmac"
 
     @model_validator(mode="after")
     def _names(self) -> Config:
@@ -366,7 +405,13 @@ def _resolved(cfg: Config, base: Path) -> Config:
                 setattr(cfg.audit.atna.tls, attr, rel(value))
     if cfg.export.hmac_key_file is not None:
         cfg.export.hmac_key_file = rel(cfg.export.hmac_key_file)
-    for tls in [cfg.node.tls] + [d.tls for d in cfg.destinations or [] if isinstance(d, DicomDestination)]:
+    auth = cfg.http.auth
+    auth.api_keys = rel(auth.api_keys) if auth.api_keys else cfg.storage.root / "api-keys.json"
+    auth.hmac_key_file = rel(auth.hmac_key_file) if auth.hmac_key_file else None
+    if auth.jwt is not None:
+        auth.jwt.jwks_file = rel(auth.jwt.jwks_file)
+    tls_blocks: list[TLS] = [cfg.node.tls, cfg.http.tls]
+    for tls in tls_blocks + [d.tls for d in cfg.destinations or [] if isinstance(d, DicomDestination)]:
         for attr in ("certificate", "private_key", "ca_certificates"):
             value = getattr(tls, attr)
             if value is not None:

@@ -14,9 +14,13 @@ Sections (default: all):
   rss     Node memory on a ~1 GB study (--rss-slices x 512 x 512 CT, one series, one association):
           RSS when idle, peak while receiving, peak while processing, and VmHWM, against 300 MB.
           Not part of the default run (it writes ~2 GB to disk and takes a few minutes).
+  http    The HTTP API (scripts/bench_http.py): DX over POST /v1/predict with Prefer: wait vs the DIMSE
+          path on the same node; STOW-RS of --ct-slices slices vs Orthanc's DICOMweb plugin; node RSS
+          during one --http-rss-bytes STOW-RS request vs idle. Not part of the default run.
 
-Usage: python scripts/bench.py [dx ingest ct patterns rss] [--sends 20] [--dx-size 2048] [--ct-slices 300]
+Usage: python scripts/bench.py [dx ingest ct patterns rss http] [--sends 20] [--dx-size 2048] [--ct-slices 300]
        [--pattern-slices 60] [--rss-slices 2000]
+       [--http-rss-bytes 2000000000]
 The dx, ct and rss nodes declare their caller (AE MODALITY) with `sends: series`, as a site configures
 a modality in node.allowed_callers; `patterns` shows what an undeclared caller gets.
 Needs DCMTK and Orthanc (make system-deps). Prints tables; exits 0.
@@ -412,12 +416,13 @@ def bench_rss(work: Path, slices: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sections", nargs="*", default=["dx", "ingest", "ct", "patterns"],
-                        choices=["dx", "ingest", "ct", "patterns", "rss"])
+                        choices=["dx", "ingest", "ct", "patterns", "rss", "http"])
     parser.add_argument("--sends", type=int, default=20)
     parser.add_argument("--dx-size", type=int, default=2048)
     parser.add_argument("--ct-slices", type=int, default=300)
     parser.add_argument("--pattern-slices", type=int, default=60)
     parser.add_argument("--rss-slices", type=int, default=2000)
+    parser.add_argument("--http-rss-bytes", type=int, default=2_000_000_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edge-ai-bench-") as tmp:
         work = Path(tmp)
@@ -431,6 +436,12 @@ def main() -> int:
             bench_patterns(work, args.pattern_slices)
         if "rss" in args.sections:
             bench_rss(work, args.rss_slices)
+        if "http" in args.sections:
+            import bench_http
+
+            bench_http.bench_predict(work, args.sends, args.dx_size, table, pct)
+            bench_http.bench_stow(work, args.ct_slices, table)
+            bench_http.bench_rss(work, args.http_rss_bytes, table)
     return 0
 
 

@@ -22,6 +22,7 @@ import yaml
 DCMTK = Path("/usr/bin")
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DCIODVFY = "/usr/bin/dciodvfy"
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian orthanc-dicomweb
 # Debian's DCMTK leaves Nagle's algorithm on unless told otherwise (~45 ms per message).
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -67,6 +68,7 @@ class NodeProcess:
 
     root: Path
     port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     destinations: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
@@ -91,6 +93,7 @@ class NodeProcess:
             "grouping": {"series_timeout_s": 5, "aborted_timeout_s": 5},
             "audit": {"path": "var/audit/audit.jsonl"},
             "metrics": {"port": free_port()},
+            "http": {"port": self.http_port},
         }
         if self.destinations is not None:
             cfg["destinations"] = self.destinations
@@ -114,6 +117,8 @@ class NodeProcess:
         )
         try:
             wait_port(self.port, timeout, self.proc)
+            if yaml.safe_load(self.config_path.read_text()).get("http", {}).get("enabled", True):
+                wait_port(self.http_port, timeout, self.proc)  # the HTTP API opens after the DICOM port
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}\n{self.log()}") from exc
         return self
@@ -135,6 +140,16 @@ class NodeProcess:
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def api_key(self, name: str = "test", scopes: str = "submit,read,admin") -> str:
+        """A new API key from `edge-ai apikey create` (its last line of output)."""
+        out = self.cli("apikey", "create", "--name", name, "--scopes", scopes)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1]
+
     def audit_events(self) -> list[dict[str, Any]]:
         if not self.audit_path.exists():
             return []
@@ -150,6 +165,7 @@ class Orthanc:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    plugins: list[str] = field(default_factory=list)  # e.g. ORTHANC_DICOMWEB: STOW-RS at /dicom-web/studies
 
     def start(self) -> Orthanc:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -164,7 +180,7 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True,
             "SyncStorageArea": True,
-            "Plugins": [],
+            "Plugins": self.plugins,
             "StableAge": 1,
         }
         (self.root / "orthanc.json").write_text(json.dumps(cfg))

@@ -78,6 +78,7 @@ class ReportRow:
     path: str
     positive: bool
     probability: float
+    result_json: str = ""  # report/result_json.py, rendered from the same result as the SR (HTTP API)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class JobStore:
     def __init__(self, db: Database, listener: Listener | None = None) -> None:
         self.db = db
         self.listener = listener
-        db.ensure(_SCHEMA)
+        db.ensure(_SCHEMA, {"reports": [("result_json", "TEXT")]})  # added for the HTTP API: old rows NULL
 
     # ---- the one place a job changes state ------------------------------------------------------
     def apply(self, tx: sqlite3.Connection, job_id: int, event: JobEvent, reason: str = "") -> JobState:
@@ -200,9 +201,9 @@ class JobStore:
         for r in reports:
             cur = tx.execute(
                 "INSERT INTO reports(job_id, model_name, model_version, runtime, sop_instance_uid, series_uid,"
-                " path, positive, probability, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " path, positive, probability, created_at, result_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (job_id, r.model_name, r.model_version, r.runtime, r.sop_instance_uid, r.series_uid, r.path,
-                 int(r.positive), r.probability, now),
+                 int(r.positive), r.probability, now, r.result_json or None),
             )
             ids.append(int(cur.lastrowid or 0))
         return ids

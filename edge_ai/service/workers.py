@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.inference.package import ModelPackage
 from edge_ai.inference.threads import limit_blas_threads
+from edge_ai.report import result_json
 from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
 from edge_ai.service import reading
 from edge_ai.service.shadow import Beside, same_input
@@ -69,6 +71,7 @@ class Pipeline:
         shadows: dict[str, Served] | None = None,
         on_inferred: Callable[[Job, ModelPackage, int], None] = lambda job, pkg, images: None,
         on_shadow: Callable[[str, bool], None] = lambda model, agree: None,
+        model_for: Callable[[int], str | None] = lambda job_id: None,
     ) -> None:
         self.stores = stores
         self.spool = spool
@@ -84,6 +87,7 @@ class Pipeline:
         self.shadows = shadows or {}  # live model name -> its shadow version: run, audited, never delivered
         self.on_inferred = on_inferred  # (job, package, images) after each live inference: per-job drift
         self.on_shadow = on_shadow  # (model, shadow agreed with live) for the shadow agreement metric
+        self.model_for = model_for  # a model the job's sender named (HTTP API), instead of routing
         limit_blas_threads(1)  # numpy's resize products: 8-10 ms -> 1.1 ms per CT slice (inference/threads.py)
         warm_up()  # highdicom's IOD tables: loaded at start, not in the first job's time-to-result
 
@@ -121,7 +125,9 @@ class Pipeline:
         if not refs:
             raise ImagingError("series has no stored instances")
         headers, offsets = _read_headers(refs)
-        decisions = route(self.routes, headers[0], self.destinations)
+        named = self.model_for(job.id)
+        decisions = ([RouteDecision("request", named, tuple(self.destinations))] if named
+                     else route(self.routes, headers[0], self.destinations))
         if not decisions:
             self.audit("series.not_routed", job=job.id, series_uid=job.series_uid, modality=job.modality,
                        sop_class_uid=str(headers[0].get("SOPClassUID", "")))
@@ -180,10 +186,12 @@ class Pipeline:
             study_uid=job.study_uid, predecessor=predecessor.sop_instance_uid if predecessor else None,
             findings=len(result.findings),
         )
+        rendered = result_json.render(result, pkg, pkg.sha256, str(sr.SOPInstanceUID))  # same result as the SR
         return ReportRow(
             model_name=pkg.name, model_version=pkg.version, runtime=engine.runtime,
             sop_instance_uid=str(sr.SOPInstanceUID), series_uid=str(sr.SeriesInstanceUID),
             path=str(path), positive=result.positive, probability=result.probability,
+            result_json=json.dumps(rendered, separators=(",", ":")),
         )
 
     def _run_shadow(self, job: Job, shadow: Served, pairs: Sequence[reading.Unit], live: InferenceResult,

@@ -1,0 +1,1 @@
+"""The node's HTTP face: job API, DICOMweb STOW-RS, authentication (SPEC "HTTP API")."""
