@@ -137,6 +137,7 @@ class StorageSCP:
             sop_instance_uid=ref.sop_instance_uid,
             study_uid=ref.study_instance_uid,
             series_uid=ref.series_instance_uid,
+            patient_id=stored.patient_id or None,
             bytes=ref.size,
             sha256=ref.sha256,
             status=status.SUCCESS,

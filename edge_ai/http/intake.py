@@ -155,7 +155,8 @@ def _audit_instance(ctx: HttpContext, intake: Intake, o: Outcome, principal: Pri
     if o.stored is not None:
         ref, out = o.stored.ref, o.stored.outcome
         ctx.audit("instance.stored", sop_class_uid=ref.sop_class_uid, sop_instance_uid=ref.sop_instance_uid,
-                  study_uid=ref.study_instance_uid, series_uid=ref.series_instance_uid, bytes=ref.size,
+                  study_uid=ref.study_instance_uid, series_uid=ref.series_instance_uid,
+                  patient_id=o.stored.patient_id or None, bytes=ref.size,
                   sha256=ref.sha256, status=0, duplicate=out.duplicate or None, conflict=out.conflict or None,
                   reopened=out.reopened or None, **common)
     elif o.refusal is not None:

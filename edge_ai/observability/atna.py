@@ -3,8 +3,8 @@
 Pure: a line of the audit log (already written, hash-chained) goes in, XML bytes come out, so the
 message an Audit Record Repository receives says what the local log says, and a line can be
 rebuilt after a restart. Participants are AE titles, addresses, TLS subjects and API principals;
-the only patient data is what the event itself carries (Study Instance UID; the node records no
-Patient ID, so there is no Patient participant object).
+the only patient data is what the event itself carries: the Study Instance UID and the Patient ID as
+participant objects (PS3.15 A.5.3.4), nothing more of the patient.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ ROLE_DESTINATION: Code = ("110152", "DCM", "Destination Role ID")
 ROLE_SOURCE: Code = ("110153", "DCM", "Source Role ID")
 ROLE_DESTINATION_MEDIA: Code = ("110154", "DCM", "Destination Media")
 STUDY_UID: Code = ("110180", "DCM", "Study Instance UID")
+PATIENT_NUMBER: Code = ("2", "RFC-3881", "Patient Number")
 NODE_ID: Code = ("110182", "DCM", "Node ID")
 URI: Code = ("12", "RFC-3881", "URI")
 JOB_ID: Code = ("JOB", "99EDGEAI", "edge_ai job")
@@ -54,12 +55,17 @@ class Context:
     hostname: str
     destinations: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # name -> (user id, address)
     studies: OrderedDict[str, str] = field(default_factory=OrderedDict)  # SR SOP Instance UID -> Study UID
+    patients: OrderedDict[str, str] = field(default_factory=OrderedDict)  # SR SOP Instance UID -> Patient ID
 
-    def remember_study(self, sr_uid: str, study_uid: str) -> None:
-        """sr.created names the study; the delivery lines after it name only the SR."""
+    def remember_study(self, sr_uid: str, study_uid: str, patient_id: str | None = None) -> None:
+        """sr.created names the study (and patient); the delivery lines after it name only the SR."""
         self.studies[sr_uid] = study_uid
+        if patient_id:
+            self.patients[sr_uid] = patient_id
         while len(self.studies) > 10000:
             self.studies.popitem(last=False)
+        while len(self.patients) > 10000:
+            self.patients.popitem(last=False)
 
 
 def _code(parent: ET.Element, tag: str, code: Code) -> None:
@@ -128,6 +134,10 @@ class _Message:
         self._objects.append(el)
         return self
 
+    def patient(self, patient_id: str) -> _Message:
+        """The Patient participant object: the ID only (its name carries the ID too: no patient name)."""
+        return self.obj(patient_id, PATIENT_NUMBER, "1", "1", name=patient_id)
+
     def study(self, study_uid: str, sop_class: str | None = None, instance: str | None = None) -> _Message:
         desc = None
         if sop_class:
@@ -163,6 +173,8 @@ def _received(e: Entry, ctx: Context) -> _Message:
                     alt=f"AETITLES={ctx.ae_title}", address=ctx.hostname)
     if e.get("study_uid"):
         msg.study(str(e["study_uid"]), e.get("sop_class_uid"), e.get("sop_instance_uid"))
+    if e.get("patient_id"):
+        msg.patient(str(e["patient_id"]))
     return msg
 
 
@@ -179,6 +191,8 @@ def _sent(e: Entry, ctx: Context) -> _Message | None:
     study = ctx.studies.get(sr)
     if study:
         msg.study(study, "1.2.840.10008.5.1.4.1.1.88.34", sr)  # Comprehensive 3D SR
+    if sr in ctx.patients:
+        msg.patient(ctx.patients[sr])
     return msg
 
 
@@ -259,7 +273,7 @@ SEVERITY = {"security.alert": 4, "auth.failed": 4, "audit.verify_failed": 2}  # 
 def message(entry: Entry, ctx: Context) -> bytes | None:
     """The DICOM audit message for one audit line, or None for events the table does not name."""
     if entry.get("event") == "sr.created" and entry.get("sr_sop_instance_uid") and entry.get("study_uid"):
-        ctx.remember_study(str(entry["sr_sop_instance_uid"]), str(entry["study_uid"]))
+        ctx.remember_study(str(entry["sr_sop_instance_uid"]), str(entry["study_uid"]), entry.get("patient_id"))
     build = MESSAGES.get(str(entry.get("event")))
     built = build(entry, ctx) if build is not None else None
     return None if built is None else built.to_bytes(ctx)

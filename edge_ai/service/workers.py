@@ -183,8 +183,8 @@ class Pipeline:
         self.audit(
             "sr.created", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
             sr_sop_instance_uid=str(sr.SOPInstanceUID), sr_series_uid=str(sr.SeriesInstanceUID),
-            study_uid=job.study_uid, predecessor=predecessor.sop_instance_uid if predecessor else None,
-            findings=len(result.findings),
+            study_uid=job.study_uid, patient_id=str(sr.get("PatientID", "")) or None,
+            predecessor=predecessor.sop_instance_uid if predecessor else None, findings=len(result.findings),
         )
         rendered = result_json.render(result, pkg, pkg.sha256, str(sr.SOPInstanceUID))  # same result as the SR
         return ReportRow(

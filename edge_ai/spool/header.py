@@ -28,6 +28,7 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00080016: ("SOPClassUID", "ui"),
     0x00080018: ("SOPInstanceUID", "ui"),
     0x00080060: ("Modality", "cs"),
+    0x00100020: ("PatientID", "lo"),
     0x0020000D: ("StudyInstanceUID", "ui"),
     0x0020000E: ("SeriesInstanceUID", "ui"),
     0x00280002: ("SamplesPerPixel", "us"),
@@ -40,7 +41,7 @@ _LAST = max(WANTED)
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _VRS = _LONG_VRS | {v.encode() for v in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT",
                                           "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US")}
-_EXPECTED_VR = {"ui": b"UI", "cs": b"CS", "us": b"US", "is": b"IS"}
+_EXPECTED_VR = {"ui": b"UI", "cs": b"CS", "us": b"US", "is": b"IS", "lo": b"LO"}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _TAG = struct.Struct("<HH")

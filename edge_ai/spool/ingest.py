@@ -23,7 +23,7 @@ from edge_ai.spool.header import cut_short, fast_header, meta_transfer_syntax
 from edge_ai.spool.index import InstanceIndex
 from edge_ai.spool.store import Spool, write_all
 
-_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
+_HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "PatientID"]
 _GEOMETRY_TAGS = ["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated"]
 DEFAULT_MAX_INSTANCE_BYTES = 1024**3  # as config storage.max_instance_bytes
 
@@ -41,6 +41,7 @@ class Stored:
     ref: InstanceRef
     modality: str
     outcome: StoreOutcome
+    patient_id: str = ""  # for the audit's IHE ATNA participant object (PS3.15 A.5.3.4); never a name
 
 
 class _Attached(Protocol):
@@ -263,7 +264,7 @@ class Receiving:
             outcome = ingest.add(ref, modality, self.assoc)
         except sqlite3.Error as exc:
             raise RejectedInstance(Refusal.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
-        return Stored(ref, modality, outcome)
+        return Stored(ref, modality, outcome, uids["PatientID"][:64])
 
 
 def dataset_offset(part10: bytes) -> int:

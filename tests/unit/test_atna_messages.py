@@ -18,7 +18,7 @@ T = "2026-11-29T12:00:00.000001Z"
 EVENTS = {
     "node.start": {"pid": 1},
     "node.stop": {"pid": 1},
-    "instance.stored": {"calling_ae": "CT1", "peer": "10.0.0.1:4000", "study_uid": "1.2.3",
+    "instance.stored": {"calling_ae": "CT1", "peer": "10.0.0.1:4000", "study_uid": "1.2.3", "patient_id": "PID-77",
                         "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "sop_instance_uid": "1.2.3.4"},
     "delivery.attempt": {"destination": "pacs", "sr_sop_instance_uid": "1.2.3.9", "outcome": "delivered"},
     "security.alert": {"peer": "[::1]:4000", "reason": "TLS handshake failed"},
@@ -46,6 +46,22 @@ def test_events_outside_the_table_and_non_reads_make_none() -> None:
     assert atna.message({"seq": 1, "time": T, "event": "delivery.attempt", "outcome": "retry"}, CTX) is None
     assert atna.message({"seq": 1, "time": T, "event": "http.request", "method": "POST", "path": "/v1/jobs"},
                         CTX) is None
+
+
+def test_instances_transferred_name_the_patient_by_id_and_the_study_only() -> None:
+    """Received and sent instances carry the Patient ID and the Study Instance UID as participant objects
+    (PS3.15 A.5.3.4), and nothing else of the patient."""
+    ctx = atna.Context("EDGE_AI", "node1", {"pacs": ("PACS", "10.0.0.9:104")})
+    atna.message({"seq": 1, "time": T, "event": "sr.created", "sr_sop_instance_uid": "1.2.3.9", "study_uid": "1.2.3",
+                  "patient_id": "PID-77"}, ctx)
+    for event in ("instance.stored", "delivery.attempt"):
+        xml = atna.message({"seq": 2, "time": T, "event": event, **EVENTS[event], "patient_name": "DOE^JANE"}, ctx)
+        assert xml is not None and SCHEMA.validate(etree.fromstring(xml)), event
+        doc = etree.fromstring(xml)
+        objects = {(o.get("ParticipantObjectTypeCode"), o.get("ParticipantObjectTypeCodeRole")): o.get(
+            "ParticipantObjectID") for o in doc.iter("ParticipantObjectIdentification")}
+        assert objects == {("1", "1"): "PID-77", ("2", "3"): "1.2.3"}, event
+        assert b"DOE" not in xml
 
 
 def test_no_secret_or_unlisted_field_leaks_into_a_message() -> None:
