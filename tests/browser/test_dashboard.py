@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import CHROMIUM, needs_chromium, needs_dcmtk
-from peers import DCMTK, PEER_ENV, NodeProcess, free_port, storescu, wait_for
+from peers import DCMTK, PEER_ENV, NodeProcess, free_port, make_pki, storescu, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_ai import phantoms
@@ -249,6 +249,8 @@ def test_retry_on_a_failed_job_requeues_it(page: Any, site: Site, tmp_path: Path
     page.wait_for_selector("tr.failed-job", timeout=60_000)
     assert page.get_by_role("button", name=re.compile("Retry job")).count() == 0
     assert "dead letter: pacs" in page.locator("tr.failed-job .reason").first.inner_text()
+    pacs_row = 'tr.destination[data-destination="pacs"]'
+    assert "not reachable" in page.locator(pacs_row).inner_text()
     page.get_by_role("button", name="Sign out").click()
     sign_in(page, site, site.admin)
     job = page.locator("tr.failed-job").first.get_attribute("data-job")
@@ -262,6 +264,7 @@ def test_retry_on_a_failed_job_requeues_it(page: Any, site: Site, tmp_path: Path
         assert f"Job {job} is back in the queue" in page.get_by_role("status").first.inner_text()
         assert wait_for(lambda: page.locator(f'tr.failed-job[data-job="{job}"]').count() == 0, 60, 0.25)
         assert wait_for(lambda: list((tmp_path / "pacs").glob("*")), 30)
+        assert wait_for(lambda: page.locator(pacs_row + " .state.ok").count() == 1, 30, 0.25)
     finally:
         pacs.terminate()
         pacs.wait(10)
@@ -299,3 +302,31 @@ def test_layout_at_desktop_and_narrow_widths_with_labelled_controls(page: Any, s
     assert unlabelled == []
     headers = httpx.get(site.node.http_url + "/ui/").headers
     assert "default-src 'none'" in headers["content-security-policy"]
+
+
+@pytest.mark.slow
+def test_session_cookie_is_secure_under_tls(browser: Any, tmp_path: Path) -> None:
+    """Served over TLS (http.tls), the session cookie is also Secure, and the page loads everything over it."""
+    pki = make_pki(tmp_path / "pki")
+    node = NodeProcess(tmp_path / "node", extra={"http": {"tls": {
+        "enabled": True, "certificate": str(pki["server"]), "private_key": str(pki["server_key"])}}})
+    node.write_config()
+    key = node.api_key("it-viewer", "read")
+    node.start()
+    context = browser.new_context(ignore_https_errors=True)  # the test CA is not in Chromium's store
+    try:
+        tab = context.new_page()
+        seen: list[str] = []
+        tab.on("request", lambda r: seen.append(r.url))
+        origin = f"https://127.0.0.1:{node.http_port}"
+        tab.goto(origin + "/ui/")
+        tab.get_by_label("API key").fill(key)
+        tab.get_by_role("button", name="Sign in").click()
+        tab.wait_for_load_state()
+        assert tab.get_by_role("heading", name="Jobs by state").is_visible()
+        (cookie,) = context.cookies()
+        assert cookie["secure"] is True and cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+        assert seen and all(u.startswith(origin + "/") for u in seen), seen
+    finally:
+        context.close()
+        node.stop()

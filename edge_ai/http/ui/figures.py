@@ -90,14 +90,16 @@ def _window(now: Reading, history: History, name: str, length: float) -> Window:
                       derived=f"instances_{name}"))
     w.figs.append(Fig("Studies", f"{increase(now, start, 'edge_ai_studies_total'):.0f}", derived=f"studies_{name}"))
     results = increase(now, start, TTR + "_count")
-    w.figs.append(Fig("Results delivered", f"{results:.0f}", derived=f"results_{name}"))
+    w.figs.append(Fig("SRs accepted by destinations", f"{results:.0f}", derived=f"results_{name}"))
     for q in (50, 95):
         value = window_quantile(q / 100, now, start, TTR)
         w.figs.append(Fig(f"Time to result p{q}", secs(value), value=value, derived=f"ttr_p{q}_{name}"))
     errors = increase(now, start, "edge_ai_errors_total")
-    handled = increase(now, start, "edge_ai_instances_total")
-    rate = f" ({errors / handled:.1%} of instances)" if handled else ""
-    w.figs.append(Fig("Errors", f"{errors:.0f}{rate}", value=errors, derived=f"errors_{name}"))
+    stages = {k: v - start.by_label("edge_ai_errors_total", "stage").get(k, 0.0)
+              for k, v in now.by_label("edge_ai_errors_total", "stage").items()}
+    detail = ", ".join(f"{k} {v:.0f}" for k, v in sorted(stages.items()) if v > 0)
+    w.figs.append(Fig("Errors", f"{errors:.0f}" + (f" ({detail})" if detail else ""), value=errors,
+                      derived=f"errors_{name}"))
     return w
 
 
@@ -193,8 +195,10 @@ def _destinations(ctx: HttpContext) -> list[dict[str, Any]]:
         state, error = a.get("last_state"), str(a.get("last_error") or "")
         if state is None:
             reach = ("unknown", "no delivery attempted yet")
-        elif state in ("delivered", "retried"):
+        elif state == "delivered":
             reach = ("ok", f"reachable (last attempt {ago(time.time() - float(a['last_attempt']))} ago)")
+        elif state == "retried":
+            reach = ("unknown", "its failed deliveries were retried: waiting for the next attempt")
         else:
             reach = ("bad", f"not reachable: {error or state}")
         out.append({"name": d.name, "where": where, "reach": reach, "last_delivered": when(a.get("last_delivered")),
@@ -213,7 +217,8 @@ def build(ctx: HttpContext, history: History, now: Reading, audit: dict[str, Any
         "totals": [_metric(now, "Instances stored", "edge_ai_instances_total", outcome="stored"),
                    _metric(now, "Instances rejected", "edge_ai_instances_total", outcome="rejected"),
                    _metric(now, "Studies", "edge_ai_studies_total"),
-                   _metric(now, "Results delivered", TTR + "_count"),
+                   Fig("SRs accepted", f"{now.total(TTR + '_count'):.0f}", derived="results_total",
+                       value=now.total(TTR + "_count")),
                    Fig("Errors", f"{now.total('edge_ai_errors_total'):.0f}", derived="errors_total",
                        value=now.total("edge_ai_errors_total"))],
         "jobs": [_metric(now, s, "edge_ai_jobs", state=s) for s in STATES],
