@@ -24,6 +24,23 @@ from edge_ai import phantoms
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, needs_chromium, needs_dcmtk]
 PATIENT = "Marker^Dashboard^Patient"  # the name in every image sent: it must appear nowhere on the page
+# WCAG 2 contrast of every element's own text against the first opaque background behind it
+CONTRAST_JS = """() => {
+  const rgb = s => s.match(/[\\d.]+/g).map(Number);
+  const lin = c => (c /= 255) <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4);
+  const lum = ([r, g, b]) => 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  const behind = el => { for (; el; el = el.parentElement) { const v = rgb(getComputedStyle(el).backgroundColor);
+                                                             if (v.length < 4 || v[3] > 0) return v; }
+                         return [255, 255, 255]; };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.closest("svg") || ![...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    const a = lum(rgb(getComputedStyle(el).color)), b = lum(behind(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) low.push(el.tagName + " " + el.textContent.trim().slice(0, 30) + " " + ratio.toFixed(2));
+  }
+  return low;
+}"""
 MOVING = ("edge_ai_spool_free_bytes", "edge_ai_host_memory_available_bytes", "process_resident_memory_bytes",
           "edge_ai_gpu_utilization_ratio", "edge_ai_gpu_memory_used_bytes")
 
@@ -287,7 +304,7 @@ def test_retry_without_the_page_s_csrf_token_is_refused(site: Site) -> None:
 
 def test_layout_at_desktop_and_narrow_widths_with_labelled_controls(page: Any, site: Site, tmp_path: Path) -> None:
     """At 1280x800 and on a phone-width window the page fits without sideways scrolling, every control has a
-    label, and a screenshot is kept."""
+    label, all text has at least 4.5:1 contrast, and a screenshot is kept."""
     sign_in(page, site, site.admin)
     page.wait_for_timeout(500)
     for width, height, name in ((1280, 800, "dashboard-1280x800.png"), (390, 844, "dashboard-narrow.png")):
@@ -300,6 +317,7 @@ def test_layout_at_desktop_and_narrow_widths_with_labelled_controls(page: Any, s
         "els => els.filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')"
         " && !e.textContent.trim()).map(e => e.outerHTML)")
     assert unlabelled == []
+    assert page.evaluate(CONTRAST_JS) == []
     headers = httpx.get(site.node.http_url + "/ui/").headers
     assert "default-src 'none'" in headers["content-security-policy"]
 
