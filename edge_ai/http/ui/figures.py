@@ -164,9 +164,9 @@ def _per_minute(readings: list[Reading], fn: Any) -> list[tuple[float, float | N
 
 
 def _trend_charts(now: Reading, history: History) -> dict[str, Markup]:
-    t0 = now.t - HOUR_S
+    t0 = max(now.t - HOUR_S, history.started_at)  # a node up for minutes gets a chart of those minutes
     readings = history.recent(t0)
-    if history.started_at > t0:
+    if history.started_at >= t0:
         readings = [Reading(history.started_at, {}), *readings]
     readings.append(now)
 
@@ -176,7 +176,7 @@ def _trend_charts(now: Reading, history: History) -> dict[str, Markup]:
     def results(b: Reading, a: Reading) -> float:
         return increase(b, a, TTR + "_count")
 
-    throughput = charts.line_chart("Instances stored and results delivered per minute, last hour", [
+    throughput = charts.line_chart("Instances stored and SRs accepted per minute, last hour", [
         charts.Line("instances", _per_minute(readings, counted), "s1"),
         charts.Line("results", _per_minute(readings, results), "s2")], t0, now.t)
     ttr = charts.line_chart("Time to result p50 and p95 per minute, last hour", [
