@@ -60,3 +60,16 @@ def test_sessions_expire_go_idle_and_end() -> None:
     token, s = sessions.create("it", frozenset({"read"}), "abcd1234")
     assert sessions.end(token) is s and sessions.get(token) is None
     assert s.csrf_ok(s.csrf) and not s.csrf_ok("x") and not s.csrf_ok(None)
+
+
+def test_gpu_figures_come_from_the_nvml_gauges() -> None:
+    """Where NVML answers, each GPU's busy fraction and memory show under System, named by their metric."""
+    from edge_ai.http.ui.figures import _gpus
+
+    now = readings.Reading(0.0, {'edge_ai_gpu_utilization_ratio{gpu="0"}': 0.42,
+                                 'edge_ai_gpu_memory_used_bytes{gpu="0"}': 2 * 1024**3,
+                                 'edge_ai_gpu_memory_total_bytes{gpu="0"}': 8 * 1024**3})
+    (gpu,) = _gpus(now)
+    assert gpu["util"].text == "42%" and gpu["util"].metric == 'edge_ai_gpu_utilization_ratio{gpu="0"}'
+    assert gpu["memory"].text == "2.0 GiB of 8.0 GiB" and gpu["memory"].value == 2 * 1024**3
+    assert _gpus(readings.Reading(0.0, {})) == []
