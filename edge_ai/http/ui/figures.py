@@ -170,11 +170,14 @@ def _trend_charts(now: Reading, history: History) -> dict[str, Markup]:
         readings = [Reading(history.started_at, {}), *readings]
     readings.append(now)
 
+    def per_minute(b: Reading, a: Reading, count: float) -> float:  # the newest interval is shorter
+        return count * 60 / max(b.t - a.t, FINE_S)
+
     def counted(b: Reading, a: Reading) -> float:
-        return increase(b, a, "edge_ai_instances_total", outcome="stored")
+        return per_minute(b, a, increase(b, a, "edge_ai_instances_total", outcome="stored"))
 
     def results(b: Reading, a: Reading) -> float:
-        return increase(b, a, TTR + "_count")
+        return per_minute(b, a, increase(b, a, TTR + "_count"))
 
     throughput = charts.line_chart("Instances stored and SRs accepted per minute, last hour", [
         charts.Line("instances", _per_minute(readings, counted), "s1"),
