@@ -29,7 +29,7 @@ from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
-from edge_ai.service.model_loading import load_models, load_shadows
+from edge_ai.service.model_loading import describe, load_models, load_shadows
 from edge_ai.service.stores import FILENAME as STORES_FILE
 from edge_ai.service.stores import open_stores
 from edge_ai.service.systemd import Notifier
@@ -86,6 +86,9 @@ class App:
             cfg, ingest=self.ingest, stores=self.stores, completion=self.completion, audit=self.audit,
             log=self.log, registry=self.metrics.registry, models=lambda: sorted(self.models),
             not_ready=self._not_ready, wake_worker=self._wake_worker.set, record_feedback=self.record_feedback,
+            describe_models=lambda: describe(self.models, self.shadows, self.drift.threshold),
+            check_audit=self.audit_trail.check,
+            destinations=lambda: list(self.outbox.destinations.values()),
         ) if cfg.http.enabled else None
         self._threads: list[threading.Thread] = []
 

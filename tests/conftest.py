@@ -15,6 +15,8 @@ _CI = bool(os.environ.get("CI"))
 needs_dcmtk = pytest.mark.skipif(not (DCMTK / "storescu").exists() and not _CI, reason="DCMTK not installed")
 needs_orthanc = pytest.mark.skipif(shutil.which(ORTHANC) is None and not _CI, reason="Orthanc not installed")
 needs_dciodvfy = pytest.mark.skipif(not Path(DCIODVFY).exists() and not _CI, reason="dicom3tools not installed")
+CHROMIUM = "/usr/bin/chromium"  # Debian's; `playwright install` cannot download browsers here
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists() and not _CI, reason="chromium not installed")
 
 
 @pytest.fixture

@@ -190,8 +190,9 @@ async def _get_job(ctx: HttpContext, job_id: str) -> jobs_view.JobRow:
     return row
 
 
-def create_app(ctx: HttpContext) -> Any:
-    """The ASGI application: FastAPI routes behind the audit/stopping middleware."""
+def create_app(ctx: HttpContext, dashboard: Any = None) -> Any:
+    """The ASGI application: FastAPI routes (and the dashboard's, when given) behind the audit/stopping
+    middleware."""
     app = FastAPI(title="edge_ai", version=__version__, openapi_url="/v1/openapi.json", docs_url=None,
                   redoc_url=None, description="Jobs, predictions and DICOMweb STOW-RS of the edge_ai node.")
     _exception_handlers(app, ctx)
@@ -201,6 +202,10 @@ def create_app(ctx: HttpContext) -> Any:
     _job_routes(app, ctx)
     _feedback_route(app, ctx)
     dicomweb.add_routes(app, ctx, submit_scope)
+    if dashboard is not None:
+        from edge_ai.http.ui.routes import add_routes
+
+        add_routes(app, dashboard)
     return RequestAudit(app, ctx)
 
 

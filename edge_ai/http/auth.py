@@ -181,6 +181,13 @@ class ApiKeys:
         self._used(name)
         return Principal(name, frozenset(entry.get("scopes", [])), "api_key")
 
+    def holds(self, name: str, prefix: str) -> bool:
+        """Whether the key named `name` with this public prefix is still in the store (not revoked)."""
+        with self._lock:
+            self._refresh()
+            entry = self._by_prefix.get(prefix)
+        return entry is not None and entry.get("name") == name
+
     def _used(self, name: str) -> None:
         now = time.time()
         with self._lock:

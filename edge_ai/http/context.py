@@ -36,6 +36,11 @@ class HttpContext:
     wake_worker: Callable[[], None]
     # a reader's verdict on a job (App.record_feedback): (job id, agree, findings, comment, principal) -> id
     record_feedback: Callable[..., int] | None = None
+    # for the dashboard (http/ui): each model's live and shadow version, hash, runtime (model_loading.describe);
+    # the configured destinations; a fast verify of the live audit log (AuditTrail.check)
+    describe_models: Callable[[], list[dict[str, Any]]] = list
+    destinations: Callable[[], list[Any]] = list
+    check_audit: Callable[[], Any] | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     # instances of multipart bodies are made durable here while the next part is read (body.BodyIngest)
     finishers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "http-store"))

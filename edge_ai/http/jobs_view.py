@@ -110,3 +110,19 @@ def request_opened(completion: Completion, request_id: str) -> None:
 def request_closed(completion: Completion, request_id: str, complete: bool) -> None:
     """The request ended: its series are complete now (`complete`), else they wait for the series timeout."""
     completion.closed(request_id, released=complete)
+
+
+def destination_activity(stores: Stores) -> dict[str, dict[str, Any]]:
+    """Per destination: last delivery, the outcome and error of its newest attempt, pending and dead counts."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in stores.db.rows(
+            "SELECT destination, MAX(CASE WHEN state='delivered' THEN updated_at END) AS last_delivered,"
+            " SUM(state='pending') AS pending, SUM(state='dead') AS dead FROM deliveries GROUP BY destination"):
+        out[str(r["destination"])] = {**r, "last_state": None, "last_error": "", "last_attempt": None}
+    for r in stores.db.rows(
+            # SQLite takes the bare columns from the row holding the MAX
+            "SELECT destination, state, last_error, MAX(updated_at) AS updated_at FROM deliveries"
+            " WHERE attempts > 0 GROUP BY destination"):
+        out[str(r["destination"])].update(last_state=r["state"], last_error=r["last_error"],
+                                          last_attempt=r["updated_at"])
+    return out

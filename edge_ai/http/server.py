@@ -17,6 +17,7 @@ from edge_ai.http import api
 from edge_ai.http.auth import ApiKeys, Authenticator, JwtVerifier, Throttle, read_secret
 from edge_ai.http.context import HttpContext
 from edge_ai.http.requests_db import RequestsDB
+from edge_ai.http.ui.dashboard import Dashboard
 
 _START_TIMEOUT_S = 15.0
 
@@ -41,6 +42,7 @@ class HttpServer:
     def __init__(self, cfg: Config, ctx: HttpContext, keys: ApiKeys) -> None:
         self.cfg, self.ctx, self.keys = cfg, ctx, keys
         self.ssl = tls_context(cfg)
+        self.dashboard = Dashboard(ctx, secure_cookie=self.ssl is not None)
         self.port: int | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -49,8 +51,8 @@ class HttpServer:
     def start(self) -> int:
         """Bind and serve; returns the port. Raises: ConfigError when the port cannot be bound."""
         http = self.cfg.http
-        config = uvicorn.Config(api.create_app(self.ctx), host=http.host, port=http.port, log_config=None,
-                                access_log=False, server_header=False, timeout_graceful_shutdown=4,
+        config = uvicorn.Config(api.create_app(self.ctx, self.dashboard), host=http.host, port=http.port,
+                                log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=4,
                                 lifespan="off", limit_concurrency=256)
         config.load()
         if self.ssl is not None:
@@ -66,6 +68,7 @@ class HttpServer:
                               f"{self._failed or 'address in use or not available'}")
         sockets = [s for srv in getattr(server, "servers", []) for s in srv.sockets]
         self.port = int(sockets[0].getsockname()[1]) if sockets else http.port
+        self.dashboard.start()
         return self.port
 
     def _run(self) -> None:
@@ -85,6 +88,7 @@ class HttpServer:
     def stop(self, until: float) -> None:
         """Close the listener and let requests in flight finish until `until` (monotonic), then end."""
         self.ctx.stopping.set()
+        self.dashboard.stop()
         server = self._server
         if server is not None:
             server.should_exit = True

@@ -31,6 +31,7 @@ USER_AUTHENTICATION: Code = ("110114", "DCM", "User Authentication")
 APPLICATION_START: Code = ("110120", "DCM", "Application Start")
 APPLICATION_STOP: Code = ("110121", "DCM", "Application Stop")
 LOGIN: Code = ("110122", "DCM", "Login")
+LOGOUT: Code = ("110123", "DCM", "Logout")
 NODE_AUTHENTICATION: Code = ("110126", "DCM", "Node Authentication")
 SECURITY_CONFIGURATION: Code = ("110129", "DCM", "Security Configuration")
 RESTRICTED_FUNCTION: Code = ("110132", "DCM", "Use of Restricted Function")
@@ -214,7 +215,8 @@ def _alert(event_type: Code, outcome: str) -> Builder:
 
 def _signin(e: Entry, ctx: Context) -> _Message:
     ok = str(e.get("outcome", "ok")) in ("ok", "success") and not e.get("reason")
-    return (_Message(USER_AUTHENTICATION, "E", e, SUCCESS if ok else MINOR, types=(LOGIN,))
+    kind = LOGOUT if e.get("event") == "ui.signout" else LOGIN
+    return (_Message(USER_AUTHENTICATION, "E", e, SUCCESS if ok else MINOR, types=(kind,))
             .participant(str(e.get("principal") or "unknown"), True, address=str(e.get("peer") or "unknown"))
             .node(ctx, False))
 
@@ -264,6 +266,7 @@ MESSAGES: dict[str, Builder] = {
     "auth.failed": _alert(RESTRICTED_FUNCTION, MINOR),
     "audit.verify_failed": _alert(SECURITY_CONFIGURATION, MAJOR),
     "ui.signin": _signin,
+    "ui.signout": _signin,  # the dashboard's sign-out: User Authentication, Logout
     "http.request": _http,
     "export.done": _export,
 }

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,12 @@ class AuditLog:
             fsync_dir(self.path.parent)
             deleted.append(seg.name)
         return deleted
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """No line is appended, rotated or compressed while the caller reads the log (a live verify)."""
+        with self._maintaining, self._lock:
+            yield
 
     def flush(self) -> None:
         """fsync now (at stop, or before anything that must not run ahead of the audit)."""

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge_ai import __version__
+from edge_ai.observability.host import HostCollector
 
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_STUDIES = 20000  # study UIDs remembered to count each study once
 _TTR_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
@@ -79,9 +83,13 @@ class _StateCollector(Collector):
                 jobs.add_metric([state], n)
         yield jobs
         free = GaugeMetricFamily("edge_ai_spool_free_bytes", "Free bytes on the spool's file system")
+        size = GaugeMetricFamily("edge_ai_spool_size_bytes", "Size of the spool's file system")
         with contextlib.suppress(OSError):
-            free.add_metric([], shutil.disk_usage(self.spool_root).free)
+            usage = shutil.disk_usage(self.spool_root)
+            free.add_metric([], usage.free)
+            size.add_metric([], usage.total)
         yield free
+        yield size
         drift = GaugeMetricFamily(
             "edge_ai_drift_score",
             "Population stability index of recent inputs against the model's reference",
@@ -163,6 +171,9 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.studies = Counter("edge_ai_studies", "Studies whose first instance this process stored", registry=r)
+        self._studies_seen: OrderedDict[str, None] = OrderedDict()
+        self._studies_lock = threading.Lock()
         self.errors = Counter("edge_ai_errors", "Errors by stage and kind", ["stage", "kind"], registry=r)
         self.inferences = Counter(
             "edge_ai_inferences", "Inferences by model and outcome", ["model", "outcome"], registry=r
@@ -203,6 +214,8 @@ class Metrics:
             self.associations.labels(outcome)
         self.gpu = _Gpu()
         r.register(_StateCollector(job_counts, spool_root, drift_scores, self.gpu, agreement))
+        r.register(HostCollector())
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self._server: Any = None
         self._thread: Any = None
 
@@ -230,6 +243,7 @@ class Metrics:
         """One audit event -> the counters it implies (unknown events are ignored)."""
         if event == "instance.stored":
             self.instances.labels("duplicate" if fields.get("duplicate") else "stored").inc()
+            self._study(str(fields.get("study_uid") or ""))
         elif event == "instance.rejected":
             self.instances.labels("rejected").inc()
             self.errors.labels("ingest", f"0x{int(fields.get('status') or 0):04X}").inc()
@@ -247,6 +261,16 @@ class Metrics:
                 self.errors.labels("delivery", "transient" if outcome == "retry" else "dead_letter").inc()
         elif event == "model.rejected":
             self.errors.labels("model", "rejected").inc()
+
+    def _study(self, uid: str) -> None:
+        """Count a study the first time one of its instances is stored (remembering the last _STUDIES)."""
+        with self._studies_lock:
+            if not uid or uid in self._studies_seen:
+                return
+            self._studies_seen[uid] = None
+            if len(self._studies_seen) > _STUDIES:
+                self._studies_seen.popitem(last=False)
+        self.studies.inc()
 
     # ---- serving -------------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> int:

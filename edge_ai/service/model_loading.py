@@ -14,7 +14,7 @@ from edge_ai.inference.package import load_package
 from edge_ai.inference.versions import ModelStore
 from edge_ai.service.workers import Served
 
-__all__ = ["ModelCheck", "load_models", "load_shadows"]
+__all__ = ["ModelCheck", "describe", "load_models", "load_shadows"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,16 @@ def _skipped(audit: Any | None, log: Any | None, model: str, runtime: str, why: 
         audit("model.runtime_skipped", model=model, runtime=runtime, reason=why)
     if log:
         log.info("model_runtime_skipped", model=model, runtime=runtime, reason=why)
+
+
+def describe(served: dict[str, Served], shadows: dict[str, Served], drift_threshold: float | None = None
+             ) -> list[dict[str, Any]]:
+    """Each served model's live and shadow version, hash and runtime (the dashboard's model table)."""
+
+    def one(s: Served) -> dict[str, Any]:
+        pkg = s.engine.package
+        return {"version": pkg.version, "sha256": pkg.sha256, "runtime": s.engine.runtime}
+
+    return [{"name": name, **one(s), "shadow": one(shadows[name]) if name in shadows else None,
+             "drift_threshold": drift_threshold}
+            for name, s in sorted(served.items())]

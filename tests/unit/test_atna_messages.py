@@ -25,6 +25,7 @@ EVENTS = {
     "auth.failed": {"peer": "10.0.0.2:1", "reason": "bad key"},
     "audit.verify_failed": {"path": "/var/lib/edge-ai/audit/audit.jsonl", "reason": "HMAC mismatch"},
     "ui.signin": {"principal": "it", "peer": "10.0.0.3:5"},
+    "ui.signout": {"principal": "it", "peer": "10.0.0.3:5", "outcome": "ok"},
     "http.request": {"principal": "ris", "peer": "10.0.0.4:6", "method": "GET", "path": "/v1/jobs/5", "status": 200,
                      "job_ids": [5]},
     "export.done": {"out": "/srv/x", "series": 3},

@@ -1,0 +1,1 @@
+"""The dashboard (`/ui/` on the HTTP API): see routes.py."""
