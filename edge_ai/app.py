@@ -28,6 +28,7 @@ from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
+from edge_ai.service.inferring import Runner
 from edge_ai.service.model_loading import load_models, load_shadows
 from edge_ai.service.stores import FILENAME as STORES_FILE
 from edge_ai.service.stores import open_stores
@@ -70,6 +71,7 @@ class App:
         self.shadow_agreement = ShadowAgreement()
         self.drift_jobs = DriftJobs(db)
         self._models_changed()
+        self.runner = Runner(self.stores.outputs, self._on_tensor)  # imaging threads, shared across reloads
         self.pipeline = self._make_pipeline(cfg, self.models)
         self.outbox = Outbox(
             self.stores.deliveries, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log,
@@ -78,7 +80,7 @@ class App:
         self._started_at = time.time()
         self.ingest = Ingest(self.spool, self.stores.db, self.stores.index, self.stores.jobs,
                              cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes,
-                             carried=self.completion.carried)
+                             carried=self._carried)
         self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, completion=self.completion)
         self._threads: list[threading.Thread] = []
 
@@ -88,8 +90,13 @@ class App:
             DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
             on_stage=self.metrics.observe_stage, on_tensor=self._on_tensor,
             on_error=self.metrics.observe_error, shadows=self.shadows, on_inferred=self._on_inferred,
-            on_shadow=self.shadow_agreement.observe,
+            on_shadow=self.shadow_agreement.observe, runner=self.runner,
         )
+
+    def _carried(self, carrier: str, job_id: int) -> None:
+        """An instance was stored: grouping hears of it, and the worker infers it while the series arrives."""
+        self.completion.carried(carrier, job_id)
+        self._wake_worker.set()
 
     # ---- telemetry: metrics, drift, status snapshot ---------------------------------------------
     def _audited(self, event: str, **fields: Any) -> None:
@@ -330,6 +337,7 @@ class App:
         self.audit("node.stop", pid=_pid())
         self.agreement.close()
         self.drift_jobs.close()
+        self.runner.close()
         self.stores.close()
         self.audit_trail.close()
         return 0
@@ -344,14 +352,20 @@ class App:
 
     # ---- loops ---------------------------------------------------------------------------------
     def _worker_loop(self) -> None:
+        """Complete series first (their result is awaited), else infer images of series still arriving."""
         while not self._stop.is_set():
-            job = self.stores.jobs.claim_ready()
-            if job is None:
-                self._wake_worker.wait(1.0)
-                self._wake_worker.clear()
-                continue
             pipeline = self.pipeline  # a reload swaps it; this job finishes on the one it started with
-            pipeline.process(job)
+            job = self.stores.jobs.claim_ready()
+            if job is not None:
+                pipeline.process(job)
+                continue
+            self._wake_worker.clear()
+            try:
+                if pipeline.advance():
+                    continue
+            except Exception:  # streaming is an optimisation: completion infers whatever it left
+                self.log.exception("stream_error")
+            self._wake_worker.wait(0.02 if pipeline.deferred else 1.0)
 
     def _grouping_loop(self) -> None:
         """Completes series as grouping's rules make them whole (grouping/completion.py); wakes early when
