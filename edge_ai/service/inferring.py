@@ -18,12 +18,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 
-from edge_ai.grouping.outputs import Output, OutputStore
+from edge_ai.domain import InferenceResult
+from edge_ai.grouping.outputs import Output
 from edge_ai.imaging import frames, pixels
-from edge_ai.inference.engine import Engine
+from edge_ai.inference.aggregate import ImageInfo, summarize
+from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.service import reading
 
 IMAGING_THREADS = 2  # preprocessing threads beside the engine; CT 300 in-process 4.0 -> 3.0 ms/slice on 2 cores
@@ -36,10 +40,16 @@ def key_of(engine: Engine) -> Key:
     return (engine.package.name, engine.package.version)
 
 
+class Sink(Protocol):
+    """Where outputs go: the job store (`grouping.outputs.OutputStore`), or a list (`infer_sources`)."""
+
+    def put(self, model: Key, outputs: Sequence[Output]) -> None: ...
+
+
 class Runner:
     """Runs engines over images and records their outputs; `close` stops its imaging threads."""
 
-    def __init__(self, outputs: OutputStore, on_tensor: Callable[[str, np.ndarray], None]) -> None:
+    def __init__(self, outputs: Sink, on_tensor: Callable[[str, np.ndarray], None]) -> None:
         self.outputs = outputs
         self.on_tensor = on_tensor
         self.pool = ThreadPoolExecutor(IMAGING_THREADS, thread_name_prefix="imaging")
@@ -152,3 +162,30 @@ def _output(unit: reading.Unit, out: tuple[np.ndarray, np.ndarray], row: int, se
     return Output(unit.source.instance_id, unit.frame.index, unit.frame.number, unit.frame.key,
                   int(header.Rows), int(header.Columns), float(out[0][row]),
                   (float(box[0]), float(box[1]), float(box[2]), float(box[3])), seconds)
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.rows: list[Output] = []
+
+    def put(self, model: Key, outputs: Sequence[Output]) -> None:
+        self.rows.extend(outputs)
+
+
+def infer_sources(engine: Engine, sources: Sequence[reading.Source]) -> InferenceResult:
+    """Every image of `sources` through `engine`, aggregated in slice order, in memory: for tests and
+    scripts (the node keeps outputs in the job store, `Pipeline`)."""
+    numbered = [replace(s, instance_id=i + 1) for i, s in enumerate(sources)]
+    sink = _Collected()
+    runner = Runner(sink, lambda model, tensor: None)
+    try:
+        runner.run(engine, reading.units(numbered), observe=False, strict=True)
+    finally:
+        runner.close()
+    rows = sorted(sink.rows, key=lambda o: (o.key, o.instance_id, o.frame_index))
+    refs = [numbered[o.instance_id - 1].ref for o in rows]
+    infos = [ImageInfo(r.sop_instance_uid, r.sop_class_uid, o.rows, o.columns, o.frame_number)
+             for r, o in zip(refs, rows, strict=True)]
+    probability = np.array([o.probability for o in rows], dtype=np.float64)
+    box = np.array([o.box for o in rows], dtype=np.float64).reshape(len(rows), 4)
+    return summarize(engine.package, engine.runtime, infos, Outputs(probability, box))

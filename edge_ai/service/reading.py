@@ -59,7 +59,7 @@ def record_header(image: ImageRecord, metas: Metas) -> Dataset:
     for keyword, value in image.attrs.items():
         tag = tag_for_keyword(keyword)
         if tag is not None:
-            ds.add_new(tag, dictionary_VR(tag), value)
+            ds.add_new(tag, dictionary_VR(tag), None if value == "" else value)  # empty: None, as a read gives
     ds.file_meta = _meta(image.syntax, metas)
     return ds
 

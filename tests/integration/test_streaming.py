@@ -86,7 +86,7 @@ class Node:
         job = self.stores.jobs.claim_ready()
         assert job is not None and job.id == job_id
         self.pipeline.process(job)
-        assert self.stores.jobs.state(job_id) is JobState.DELIVERED or self.stores.jobs.state(job_id) is JobState.REPORTED
+        assert self.stores.jobs.state(job_id) in (JobState.DELIVERED, JobState.REPORTED)
         path = self.stores.db.rows("SELECT path FROM reports WHERE job_id=?", (job_id,))[0]["path"]
         return Path(str(path)).read_bytes()
 
@@ -100,7 +100,8 @@ def _reference_sr(paths: list[Path], engine: OnnxRuntimeEngine) -> bytes:
     inferred in slice order in full batches, aggregated, rendered."""
     pkg = engine.package
     full = [pydicom.dcmread(p) for p in paths]
-    order = sorted(range(len(full)), key=lambda i: (float(full[i].ImagePositionPatient[2]), int(full[i].InstanceNumber)))
+    order = sorted(range(len(full)),
+                   key=lambda i: (float(full[i].ImagePositionPatient[2]), int(full[i].InstanceNumber)))
     tensors = [pixels.preprocess(full[i], pkg.preprocessing) for i in order]
     size = max(pkg.batch_sizes)
     probs, boxes = [], []
@@ -109,8 +110,8 @@ def _reference_sr(paths: list[Path], engine: OnnxRuntimeEngine) -> bytes:
         out = engine.run(pixels.stack(chunk, size))
         probs.append(out.probability[:len(chunk)])
         boxes.append(out.box[:len(chunk)])
-    infos = [ImageInfo(str(full[i].SOPInstanceUID), str(full[i].SOPClassUID), int(full[i].Rows), int(full[i].Columns))
-             for i in order]
+    infos = [ImageInfo(str(d.SOPInstanceUID), str(d.SOPClassUID), int(d.Rows), int(d.Columns))
+             for d in (full[i] for i in order)]
     result = summarize(pkg, engine.runtime, infos, Outputs(np.concatenate(probs), np.concatenate(boxes)))
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     buffer = io.BytesIO()
@@ -127,7 +128,8 @@ def test_sr_made_while_arriving_is_byte_identical_to_whole_series(
         job = 0
         for path in series:
             job = whole.store(path)
-        assert whole.stores.outputs.pending(1, (engine.package.name, engine.package.version), ("1.2.840.10008.5.1.4.1.1.2",), 100)
+        key = (engine.package.name, engine.package.version)
+        assert whole.stores.outputs.pending(1, key, ("1.2.840.10008.5.1.4.1.1.2",), 100)  # nothing inferred yet
         whole_sr = whole.complete(job)
     finally:
         whole.close()
