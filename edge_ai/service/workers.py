@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.inference.package import ModelPackage
 from edge_ai.inference.threads import limit_blas_threads
-from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
+from edge_ai.report.sr import DeviceInfo, Predecessor, warm_up
 from edge_ai.service import evidence, reading
 from edge_ai.service.inferring import Runner, key_of
 from edge_ai.service.shadow import same_input
@@ -257,12 +256,11 @@ class Pipeline:
         started = time.monotonic()
         sources = evidence.sources(self.stores.index, job.series_id, job.series_uid, _ANALYSED,
                                    {f.sop_instance_uid for f in result.findings})
-        sr = build_sr(sources, result, pkg, self.device, predecessor=predecessor, created=self.clock())
+        sr, data = evidence.render(sources, result, pkg, device=self.device, predecessor=predecessor,
+                                   created=self.clock())
         del sources
         path = self.spool.report_path(str(sr.SOPInstanceUID))
-        buffer = io.BytesIO()
-        sr.save_as(buffer, enforce_file_format=True)
-        self.spool.write(path, buffer.getvalue())
+        self.spool.write(path, data)
         self.on_stage("report", time.monotonic() - started)
         self.audit(
             "sr.created", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,

@@ -359,3 +359,22 @@ def image_record(found: dict[str, Any], dataset_start: int, syntax: str) -> Imag
     at = found.get(PIXEL_AT)
     attrs = {k: v for k, v in found.items() if not k.startswith("_")}
     return ImageRecord(attrs, syntax, None if at is None else dataset_start + int(at))
+
+
+def element_span(data: bytes | memoryview, start: int, tag: int) -> tuple[int, int] | None:
+    """(first byte, end) of top-level element `tag` of the explicit VR little endian data set that starts
+    at `start` in `data` (a file the node wrote, e.g. an SR), or None where it has none."""
+    view = memoryview(data)
+    pos = start
+    try:
+        while pos < len(view):
+            at = pos
+            found, _, length, pos = _element_header(view, pos, True)
+            pos = _skip_undefined(view, pos, True, 0) if length == _UNDEFINED else pos + length
+            if found == tag:
+                return at, pos
+            if found > tag:
+                return None
+    except _Unexpected:
+        return None
+    return None
