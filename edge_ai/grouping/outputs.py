@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS job_routes (
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Output:
     """One image's model output (or why it has none: `error`), with its slice-order key."""
 

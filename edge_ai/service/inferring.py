@@ -183,9 +183,10 @@ def infer_sources(engine: Engine, sources: Sequence[reading.Source]) -> Inferenc
     finally:
         runner.close()
     rows = sorted(sink.rows, key=lambda o: (o.key, o.instance_id, o.frame_index))
-    refs = [numbered[o.instance_id - 1].ref for o in rows]
-    infos = [ImageInfo(r.sop_instance_uid, r.sop_class_uid, o.rows, o.columns, o.frame_number)
-             for r, o in zip(refs, rows, strict=True)]
+    sink.rows.clear()
+    infos = [ImageInfo(numbered[o.instance_id - 1].ref.sop_instance_uid, numbered[o.instance_id - 1].ref.sop_class_uid,
+                       o.rows, o.columns, o.frame_number) for o in rows]
     probability = np.array([o.probability for o in rows], dtype=np.float64)
     box = np.array([o.box for o in rows], dtype=np.float64).reshape(len(rows), 4)
+    del rows
     return summarize(engine.package, engine.runtime, infos, Outputs(probability, box))
