@@ -88,19 +88,22 @@ class OutputStore:
                      o.probability, *box, o.error, o.seconds))
 
     def pending(self, series_id: int, model: tuple[str, str], sop_classes: Sequence[str],
-                limit: int) -> list[Kept]:
+                limit: int, after: int | None = None) -> list[Kept]:
         """Up to `limit` kept instances of the series (latest versions, `sop_classes`) with no output row
-        for `model`, in slice order as far as the index knows it (z, Instance Number, arrival)."""
+        for `model`, in slice order as far as the index knows it (z, Instance Number, arrival). With
+        `after` (an instance row id): only later arrivals, in arrival order, a cost that does not grow
+        with the series (the worker looks after every instance stored)."""
         marks = ",".join("?" * len(sop_classes))
+        since, order = ("AND i.id > ?", "i.id") if after is not None else ("AND ?=0", "g.z, g.instance_number, i.id")
         with self.db.read() as db:
             rows = db.execute(
                 "SELECT i.id, i.sop_class_uid, i.sop_instance_uid, s.series_uid, s.study_uid, i.path, i.sha256,"  # noqa: S608  (constant fragments; values are parameters)
                 f" i.size, {IMAGE_COLUMNS} FROM instances i JOIN series s ON s.id=i.series_id"
                 " LEFT JOIN images g ON g.instance_id=i.id"
-                f" WHERE i.series_id=? AND {LATEST} AND i.sop_class_uid IN ({marks})"
+                f" WHERE i.series_id=? {since} AND {LATEST} AND i.sop_class_uid IN ({marks})"
                 " AND NOT EXISTS (SELECT 1 FROM outputs o WHERE o.instance_id=i.id AND o.model_name=?"
-                " AND o.model_version=?) ORDER BY g.z, g.instance_number, i.id LIMIT ?",
-                (series_id, *sop_classes, *model, limit)).fetchall()
+                f" AND o.model_version=?) ORDER BY {order} LIMIT ?",
+                (series_id, after or 0, *sop_classes, *model, limit)).fetchall()
         return [Kept(int(r[0]), InstanceRef(*r[1:8]), image_of(*r[8:11])) for r in rows]
 
     def forget_errors(self, series_id: int, model: tuple[str, str]) -> int:
