@@ -50,7 +50,7 @@ class Output:
     error: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Gathered:
     """A series' outputs for one model in slice order, as `inference.aggregate.summarize` takes them."""
 
@@ -118,20 +118,32 @@ class OutputStore:
         """Every output of `model` for the series' kept instances, in slice order: z, Instance Number,
         frame number, then arrival (the order the whole-series pipeline sorted its images in)."""
         marks = ",".join("?" * len(sop_classes))
+        got = Gathered([], [], [], [], [], np.zeros(0), np.zeros((0, 4)), 0.0, [])
+        probability: list[float] = []
+        box: list[tuple[float, float, float, float]] = []
+        same: dict[object, object] = {}  # one object per distinct value (class UID, size): memory per image
         with self.db.read() as db:
-            rows = db.execute(
+            cursor = db.execute(
                 "SELECT i.sop_instance_uid, i.sop_class_uid, o.rows, o.columns, o.frame_number, o.probability,"  # noqa: S608  (constant fragments; values are parameters)
                 " o.x0, o.y0, o.x1, o.y1, o.seconds, o.error FROM outputs o JOIN instances i ON i.id=o.instance_id"
                 f" WHERE i.series_id=? AND {LATEST} AND i.sop_class_uid IN ({marks}) AND o.model_name=?"
                 " AND o.model_version=? ORDER BY o.key_z, o.key_instance, o.key_frame, i.id, o.frame_index",
-                (series_id, *sop_classes, *model)).fetchall()
-        ok = [r for r in rows if r[11] is None]
-        return Gathered(
-            [r[0] for r in ok], [r[1] for r in ok], [int(r[2]) for r in ok], [int(r[3]) for r in ok],
-            [None if r[4] is None else int(r[4]) for r in ok],
-            np.array([r[5] for r in ok], dtype=np.float64),
-            np.array([r[6:10] for r in ok], dtype=np.float64).reshape(len(ok), 4),
-            float(sum(r[10] for r in rows)), [str(r[11]) for r in rows if r[11] is not None])
+                (series_id, *sop_classes, *model))
+            for uid, sop_class, rows, columns, frame, prob, x0, y0, x1, y1, seconds, error in cursor:
+                got.seconds += seconds
+                if error is not None:
+                    got.errors.append(str(error))
+                    continue
+                got.sop_instance_uids.append(uid)
+                got.sop_class_uids.append(same.setdefault(sop_class, sop_class))  # type: ignore[arg-type]
+                got.rows.append(same.setdefault(rows, rows))  # type: ignore[arg-type]
+                got.columns.append(same.setdefault(columns, columns))  # type: ignore[arg-type]
+                got.frame_numbers.append(frame)
+                probability.append(prob)
+                box.append((x0, y0, x1, y1))
+        got.probability = np.array(probability, dtype=np.float64)
+        got.box = np.array(box, dtype=np.float64).reshape(len(box), 4)
+        return got
 
     # ---- routing decided once per job ---------------------------------------------------------------
     def route_of(self, job_id: int, routing: str) -> list[list[str]] | None:

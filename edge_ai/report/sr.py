@@ -126,7 +126,7 @@ class DeviceInfo:
     software_version: str = __version__
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceRef:
     """A source instance known by its UIDs alone: listed as evidence, never rendered from (a series of
     thousands of instances needs no header of most of them). See `build_sr` and `encode_evidence`."""

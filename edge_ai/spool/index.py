@@ -44,7 +44,7 @@ class Kept:
     image: ImageRecord | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evidence:
     """What an SR lists of one source instance (and orders them by), without reading its file."""
 
@@ -148,7 +148,9 @@ class InstanceIndex:
                 " json_extract(g.attrs, '$.InstanceNumber') FROM instances i LEFT JOIN images g ON g.instance_id=i.id"
                 f" WHERE i.series_id=? AND {LATEST} AND i.sop_class_uid IN ({marks}) ORDER BY i.id",
                 (series_id, *sop_classes)).fetchall()
-        return [Evidence(int(r[0]), r[1], r[2], r[3], None if r[4] is None else str(r[4])) for r in rows]
+        same: dict[str | None, str | None] = {}  # one string per distinct class and study UID
+        return [Evidence(int(r[0]), str(same.setdefault(r[1], r[1])), r[2], same.setdefault(r[3], r[3]),
+                         None if r[4] is None else str(r[4])) for r in rows]
 
     # ---- retention ----------------------------------------------------------------------------
     def purgeable_series(self, before: float, limit: int = 100) -> list[tuple[int, str]]:
