@@ -198,3 +198,82 @@ def test_worker_reads_the_index_not_the_headers(series: list[Path], engine: Onnx
     finally:
         node.close()
     assert len(reads) == 2
+
+
+def test_worker_behind_reception_takes_bounded_steps_from_the_index(
+        series: list[Path], engine: OnnxRuntimeEngine, tmp_path: Path) -> None:
+    """Reception does not wait for inference: 40 slices are stored with the worker idle, the work is what
+    the index holds, and each step takes at most a few batches of it, never the whole series at once."""
+    from edge_ai.service.workers import STEP_BATCHES
+
+    node = Node(tmp_path / "n", engine)
+    try:
+        for path in series:
+            node.store(path)
+        key = (engine.package.name, engine.package.version)
+        classes = ("1.2.840.10008.5.1.4.1.1.2",)
+        assert len(node.stores.outputs.pending(1, key, classes, 1000)) == len(series)
+        step = max(engine.package.batch_sizes) * STEP_BATCHES
+        steps = 0
+        while node.pipeline.advance(settle_s=0):
+            steps += 1
+            done = len(series) - len(node.stores.outputs.pending(1, key, classes, 1000))
+            assert done <= steps * step
+        assert steps >= 1 and node.tensors == len(series)
+    finally:
+        node.close()
+
+
+def test_routing_changed_by_a_reload_is_applied_to_a_series_still_arriving(
+        series: list[Path], engine: OnnxRuntimeEngine, tmp_path: Path) -> None:
+    """A series routed to the CT model while arriving, whose rule a reload then removes, is not analysed:
+    the job's stored routing is made again under the new config."""
+    from edge_ai.config import Route, RouteMatch
+
+    node = Node(tmp_path / "n", engine)
+    try:
+        job = 0
+        for path in series[:20]:
+            job = node.store(path)
+        while node.pipeline.advance(settle_s=0):
+            pass
+        assert node.tensors > 0
+        old = node.pipeline
+        node.pipeline = Pipeline(
+            node.stores, node.spool, old.models, [Route(name="dx", match=RouteMatch(Modality=["DX"]),
+                                                        model=engine.package.name)], ["results"], DEVICE,
+            old.audit, old.log, clock=lambda: CREATED, runner=old.runner)
+        last = node.stores.jobs.last_instance_at(job)
+        assert last is not None and node.stores.jobs.complete([(job, last)], "test") == 1
+        claimed = node.stores.jobs.claim_ready()
+        assert claimed is not None
+        node.pipeline.process(claimed)
+        assert [e for e, _ in node.events if e == "series.not_routed"]
+        assert node.stores.db.rows("SELECT COUNT(*) AS n FROM reports WHERE job_id=?", (job,))[0]["n"] == 0
+    finally:
+        node.close()
+
+
+def test_shadow_version_runs_beside_while_arriving_and_drift_sees_each_image_once(
+        series: list[Path], engine: OnnxRuntimeEngine, tmp_path: Path) -> None:
+    """A shadow version taking the same input runs on the very tensors streamed for the live one: its
+    result is audited (agreeing here), never reported, and the drift monitor sees each image once."""
+    shadow_pkg = engine.package.model_copy(update={"version": "1.0.1-shadow"})
+    shadow = OnnxRuntimeEngine(shadow_pkg)
+    node = Node(tmp_path / "n", engine)
+    node.pipeline.shadows = {engine.package.name: Served(shadow)}
+    try:
+        job = 0
+        for k, path in enumerate(series):
+            job = node.store(path)
+            if k % 8 == 7:
+                while node.pipeline.advance(settle_s=0):
+                    pass
+        node.complete(job)
+        audits = [f for e, f in node.events if e == "shadow.inference"]
+        assert len(audits) == 1 and audits[0]["shared_tensors"] is True and audits[0]["agree"] is True
+        assert audits[0]["version"] == "1.0.1-shadow"
+        assert node.tensors == len(series)
+        assert len(node.stores.db.rows("SELECT id FROM reports WHERE job_id=?", (job,))) == 1
+    finally:
+        node.close()
