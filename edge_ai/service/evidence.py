@@ -4,7 +4,7 @@
 study and equipment attributes from the first in instance order, and references the images that hold
 findings (their pixel module). Only that first instance's file is read; the findings' sources are made
 from the image records ingest kept; the rest are `SourceRef`s (UIDs and Instance Number), and `render`
-writes their evidence list straight as bytes (`report.sr.encode_evidence`), so the SR of a 2,000-slice
+writes their evidence list straight as bytes (`report.evidence.encode_evidence`), so the SR of a 2,000-slice
 series costs what a 100-slice one does, in time and memory, and is byte for byte the SR that highdicom
 makes from every header.
 """
@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pydicom import Dataset
 
 from edge_ai.domain import InferenceResult
-from edge_ai.report.sr import PackageInfo, Source, SourceRef, build_sr, encode_evidence
+from edge_ai.report.evidence import encode_evidence
+from edge_ai.report.sr import PackageInfo, Source, SourceRef, build_sr
 from edge_ai.service import reading
 from edge_ai.spool.header import element_span
 from edge_ai.spool.index import Evidence, InstanceIndex, Kept
