@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
-from edge_ai.service.inferring import Runner
+from edge_ai.service.inferring import Runner, yield_to_reception
 from edge_ai.service.model_loading import load_models, load_shadows
 from edge_ai.service.stores import FILENAME as STORES_FILE
 from edge_ai.service.stores import open_stores
@@ -40,7 +41,8 @@ from edge_ai.spool.store import Spool
 
 _STOP_BUDGET_S = 8.0  # SIGTERM -> exit, leaving margin under systemd's 10 s
 _DRAIN_S = 4.0  # of which associations in progress may use this much
-_PURGE_INTERVAL_S = 3600.0  # spool retention runs at start and then hourly
+_PURGE_INTERVAL_S = 3600.0
+SWITCH_INTERVAL_S = 0.0005  # spool retention runs at start and then hourly
 
 
 class App:
@@ -236,6 +238,9 @@ class App:
         self.request_stop()
 
     def start(self) -> None:
+        # the GIL passes from a thread computing to one waiting after this long (5 ms by default): the
+        # receiving threads wait at each system call's return while inference runs in Python beside them
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.audit_trail.start()
         self.audit("node.start", version=__version__, ae_title=self.cfg.node.ae_title,
                    port=self.cfg.node.port, pid=_pid())
@@ -353,6 +358,7 @@ class App:
     # ---- loops ---------------------------------------------------------------------------------
     def _worker_loop(self) -> None:
         """Complete series first (their result is awaited), else infer images of series still arriving."""
+        yield_to_reception()
         while not self._stop.is_set():
             pipeline = self.pipeline  # a reload swaps it; this job finishes on the one it started with
             job = self.stores.jobs.claim_ready()

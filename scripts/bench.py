@@ -49,7 +49,7 @@ from pydicom.uid import generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from peers import DCMTK, PEER_ENV, NodeProcess, Orthanc, free_port, storescu, wait_port  # noqa: E402
+from peers import DCMTK, PEER_ENV, NodeProcess, Orthanc, dcmtk, free_port, storescu, wait_port  # noqa: E402
 
 from edge_ai import phantoms  # noqa: E402
 
@@ -421,7 +421,8 @@ def release_to_sr(work: Path, pacs: Orthanc, node: NodeProcess, files: list[Path
     """(send seconds, association release -> SR stored in `pacs` seconds) for one series in one association."""
     before = pacs.get("/statistics")["CountInstances"]
     start = time.perf_counter()
-    out = storescu(node.port, files, extra=("--max-pdu", str(MAX_PDU)))
+    out = dcmtk("storescu", "-aet", "MODALITY", "-aec", "EDGE_AI", "--max-pdu", str(MAX_PDU), "127.0.0.1",
+                str(node.port), *map(str, files), timeout=3600)
     released = time.perf_counter()
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
