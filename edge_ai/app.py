@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
+from edge_ai.service.inferring import Runner, yield_to_reception
 from edge_ai.service.model_loading import describe, load_models, load_shadows
 from edge_ai.service.stores import FILENAME as STORES_FILE
 from edge_ai.service.stores import open_stores
@@ -40,7 +42,8 @@ from edge_ai.spool.store import Spool
 
 _STOP_BUDGET_S = 8.0  # SIGTERM -> exit, leaving margin under systemd's 10 s
 _DRAIN_S = 4.0  # of which associations in progress may use this much
-_PURGE_INTERVAL_S = 3600.0  # spool retention runs at start and then hourly
+_PURGE_INTERVAL_S = 3600.0
+SWITCH_INTERVAL_S = 0.0005  # spool retention runs at start and then hourly
 
 
 class App:
@@ -72,6 +75,7 @@ class App:
         self.shadow_agreement = ShadowAgreement()
         self.drift_jobs = DriftJobs(db)
         self._models_changed()
+        self.runner = Runner(self.stores.outputs, self._on_tensor)  # imaging threads, shared across reloads
         self.pipeline = self._make_pipeline(cfg, self.models)
         self.outbox = Outbox(
             self.stores.deliveries, list(cfg.destinations or []), cfg.node.ae_title, self.audit, self.log,
@@ -80,7 +84,7 @@ class App:
         self._started_at = time.time()
         self.ingest = Ingest(self.spool, self.stores.db, self.stores.index, self.stores.jobs,
                              cfg.storage.min_free_bytes, cfg.storage.max_instance_bytes,
-                             carried=self.completion.carried)
+                             carried=self._carried)
         self.scp = StorageSCP(cfg.node, self.ingest, self.audit, self.log, completion=self.completion)
         self.http = http_server.make(
             cfg, ingest=self.ingest, stores=self.stores, completion=self.completion, audit=self.audit,
@@ -98,7 +102,7 @@ class App:
             DeviceInfo(ae_title=cfg.node.ae_title), self.audit, self.log,
             on_stage=self.metrics.observe_stage, on_tensor=self._on_tensor,
             on_error=self.metrics.observe_error, shadows=self.shadows, on_inferred=self._on_inferred,
-            on_shadow=self.shadow_agreement.observe,
+            on_shadow=self.shadow_agreement.observe, runner=self.runner,
             model_for=self._model_for,
         )
 
@@ -117,6 +121,11 @@ class App:
         except OSError:
             reasons.append("the spool is not available")
         return reasons
+
+    def _carried(self, carrier: str, job_id: int) -> None:
+        """An instance was stored: grouping hears of it, and the worker infers it while the series arrives."""
+        self.completion.carried(carrier, job_id)
+        self._wake_worker.set()
 
     # ---- telemetry: metrics, drift, status snapshot ---------------------------------------------
     def _audited(self, event: str, **fields: Any) -> None:
@@ -265,6 +274,9 @@ class App:
         self.request_stop()
 
     def start(self) -> None:
+        # the GIL passes from a thread computing to one waiting after this long (5 ms by default): the
+        # receiving threads wait at each system call's return while inference runs in Python beside them
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.audit_trail.start()
         self.audit("node.start", version=__version__, ae_title=self.cfg.node.ae_title,
                    port=self.cfg.node.port, pid=_pid())
@@ -376,6 +388,7 @@ class App:
         self.audit("node.stop", pid=_pid())
         self.agreement.close()
         self.drift_jobs.close()
+        self.runner.close()
         self.stores.close()
         self.audit_trail.close()
         return 0
@@ -390,17 +403,24 @@ class App:
 
     # ---- loops ---------------------------------------------------------------------------------
     def _worker_loop(self) -> None:
+        """Complete series first (their result is awaited), else infer images of series still arriving."""
+        yield_to_reception()
         while not self._stop.is_set():
-            job = self.stores.jobs.claim_ready()
-            if job is None:
-                self._wake_worker.wait(1.0)
-                self._wake_worker.clear()
-                continue
             pipeline = self.pipeline  # a reload swaps it; this job finishes on the one it started with
+            job = self.stores.jobs.claim_ready()
+            if job is not None:
+                try:
+                    pipeline.process(job)
+                except Exception:  # process() never raises by design; if it does, the worker must live on
+                    self.log.exception("worker_error", job=job.id)
+                continue
+            self._wake_worker.clear()
             try:
-                pipeline.process(job)
-            except Exception:  # process() never raises by design; if it does, the worker must live on
-                self.log.exception("worker_error", job=job.id)
+                if pipeline.advance():
+                    continue
+            except Exception:  # streaming is an optimisation: completion infers whatever it left
+                self.log.exception("stream_error")
+            self._wake_worker.wait(0.02 if pipeline.deferred else 1.0)
 
     def _grouping_loop(self) -> None:
         """Completes series as grouping's rules make them whole (grouping/completion.py); wakes early when

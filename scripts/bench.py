@@ -17,10 +17,18 @@ Sections (default: all):
   http    The HTTP API (scripts/bench_http.py): DX over POST /v1/predict with Prefer: wait vs the DIMSE
           path on the same node; STOW-RS of --ct-slices slices vs Orthanc's DICOMweb plugin; node RSS
           during one --http-rss-bytes STOW-RS request vs idle. Not part of the default run.
+  stream  Results while the images arrive: association release -> SR in Orthanc for --stream-sizes CTs
+          (default 100 and 400 slices: the ratio, target <= 1.3x) and a --ct-slices CT (target <= 0.5 s),
+          then the node's peak RSS over idle for each of --stream-rss-slices (default 500 and 3000: growth
+          per instance, target <= 2 KiB; add 10000 for the 5 GB case, target <= 100 MB, ~10 GB of disk).
+  soak    One node under 5 DX and a 30-slice CT every 1.5 s for --soak-minutes (scripts/bench_soak.py):
+          RSS, open files, threads, SQLite and WAL size over time; RSS growth after warm-up (target
+          < 5 MB/hour). Not part of the default run.
 
-Usage: python scripts/bench.py [dx ingest ct patterns rss http] [--sends 20] [--dx-size 2048] [--ct-slices 300]
-       [--pattern-slices 60] [--rss-slices 2000]
-       [--http-rss-bytes 2000000000]
+Usage: python scripts/bench.py [dx ingest ct patterns rss http stream soak] [--sends 20] [--dx-size 2048]
+       [--ct-slices 300] [--pattern-slices 60] [--rss-slices 2000] [--http-rss-bytes 2000000000]
+       [--stream-sizes 100 400] [--stream-rss-slices 500 3000 [10000]] [--soak-minutes 10] [--soak-dx-size 1024]
+       [--soak-ct-size 256]
 The dx, ct and rss nodes declare their caller (AE MODALITY) with `sends: series`, as a site configures
 a modality in node.allowed_callers; `patterns` shows what an undeclared caller gets.
 Needs DCMTK and Orthanc (make system-deps). Prints tables; exits 0.
@@ -45,7 +53,7 @@ from pydicom.uid import generate_uid
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from peers import DCMTK, PEER_ENV, NodeProcess, Orthanc, free_port, storescu, wait_port  # noqa: E402
+from peers import DCMTK, PEER_ENV, NodeProcess, Orthanc, dcmtk, free_port, storescu, wait_port  # noqa: E402
 
 from edge_ai import phantoms  # noqa: E402
 
@@ -413,16 +421,81 @@ def bench_rss(work: Path, slices: int) -> None:
     print(f"target VmHWM <= 300 MB whatever the study size: {'met' if hwm <= 300 else 'NOT met'}")
 
 
+def release_to_sr(work: Path, pacs: Orthanc, node: NodeProcess, files: list[Path]) -> tuple[float, float]:
+    """(send seconds, association release -> SR stored in `pacs` seconds) for one series in one association."""
+    before = pacs.get("/statistics")["CountInstances"]
+    start = time.perf_counter()
+    out = dcmtk("storescu", "-aet", "MODALITY", "-aec", "EDGE_AI", "--max-pdu", str(MAX_PDU), "127.0.0.1",
+                str(node.port), *map(str, files), timeout=3600)
+    released = time.perf_counter()
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return released - start, wait_instances(pacs, before, 900) - released
+
+
+def bench_stream(work: Path, sizes: tuple[int, int], pacs_slices: int, rss_slices: list[int]) -> None:
+    """Results while the images arrive: release -> SR for a small and a large CT and their ratio, the
+    target CT, and the node's peak RSS over idle for big series (growth per instance between them)."""
+    pacs = Orthanc(work / "orthanc-stream").start()
+    rows = []
+    try:
+        node = start_node(work, "node-stream", pacs)
+        times: dict[int, float] = {}
+        try:
+            for n in (*sizes, pacs_slices):
+                files = reidentify(ct_files(work / f"ct-stream-{n}", n, seed=5), work / f"ct-stream-send-{n}")
+                send, ttr = release_to_sr(work, pacs, node, files)
+                times[n] = ttr
+                rows.append((f"CT {n} slices 512x512: send / release -> SR in Orthanc", f"{send:.2f} s",
+                             f"{ttr:.2f} s"))
+        finally:
+            node.stop()
+        peaks: dict[int, tuple[float, float]] = {}
+        for n in rss_slices:
+            files = big_ct_files(work / f"ct-stream-rss-{n}", n)
+            node = start_node(work, f"node-stream-rss-{n}", pacs)
+            try:
+                time.sleep(1.0)  # settled after start-up (model self-tests)
+                sampler = RssSampler(node)
+                sampler.mark("run")
+                send, ttr = release_to_sr(work, pacs, node, files)
+                peaks[n] = (sampler.stop()["idle"], sampler.peaks.get("run", float("nan")))
+            finally:
+                node.stop()
+            for f in files:
+                f.unlink()
+            rows.append((f"CT {n} slices: idle RSS / peak RSS over idle (send {send:.1f} s, release -> SR "
+                         f"{ttr:.2f} s)", f"{peaks[n][0]:.0f} MB", f"+{peaks[n][1] - peaks[n][0]:.0f} MB"))
+    finally:
+        pacs.stop()
+    table("Streaming: results while the images arrive (caller declared sends: series)", ("measure", "", ""), rows)
+    small, large = sizes
+    print(f"release -> SR ratio {large}/{small} slices: {times[large] / times[small]:.2f}x (target <= 1.3x); "
+          f"CT {pacs_slices}: {times[pacs_slices]:.2f} s (target <= 0.5 s)")
+    if len(rss_slices) >= 2:
+        a, b = sorted(rss_slices)[:2]
+        per = ((peaks[b][1] - peaks[b][0]) - (peaks[a][1] - peaks[a][0])) * 1024 / (b - a)
+        print(f"peak RSS growth per instance {a} -> {b} slices: {per:.2f} KiB (target <= 2 KiB)")
+    big = max(rss_slices)
+    print(f"peak RSS over idle, {big} slices: {peaks[big][1] - peaks[big][0]:.0f} MB (target <= 100 MB)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sections", nargs="*", default=["dx", "ingest", "ct", "patterns"],
-                        choices=["dx", "ingest", "ct", "patterns", "rss", "http"])
+    parser.add_argument("sections", nargs="*", default=["dx", "ingest", "ct", "patterns", "stream"],
+                        choices=["dx", "ingest", "ct", "patterns", "rss", "http", "stream", "soak"])
     parser.add_argument("--sends", type=int, default=20)
     parser.add_argument("--dx-size", type=int, default=2048)
     parser.add_argument("--ct-slices", type=int, default=300)
     parser.add_argument("--pattern-slices", type=int, default=60)
     parser.add_argument("--rss-slices", type=int, default=2000)
     parser.add_argument("--http-rss-bytes", type=int, default=2_000_000_000)
+    parser.add_argument("--stream-sizes", type=int, nargs=2, default=[100, 400])
+    parser.add_argument("--stream-rss-slices", type=int, nargs="*", default=[500, 3000],
+                        help="series sizes for peak RSS (10000: the 5 GB case, ~10 GB of disk)")
+    parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--soak-dx-size", type=int, default=1024)
+    parser.add_argument("--soak-ct-size", type=int, default=256)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edge-ai-bench-") as tmp:
         work = Path(tmp)
@@ -442,6 +515,12 @@ def main() -> int:
             bench_http.bench_predict(work, args.sends, args.dx_size, table, pct)
             bench_http.bench_stow(work, args.ct_slices, table)
             bench_http.bench_rss(work, args.http_rss_bytes, table)
+        if "stream" in args.sections:
+            bench_stream(work, tuple(args.stream_sizes), args.ct_slices, args.stream_rss_slices)
+        if "soak" in args.sections:
+            from bench_soak import bench_soak
+
+            bench_soak(work, args.soak_minutes, args.soak_dx_size, args.soak_ct_size)
     return 0
 
 

@@ -27,7 +27,7 @@ CT_PACKAGE = ROOT / "edge_ai" / "models" / "demo_ct"
 _CHILD = r"""
 import json, sys, time, tracemalloc
 from pathlib import Path
-from typing import Any, cast
+
 import numpy as np, pydicom
 from edge_ai.domain import InstanceRef
 from edge_ai.imaging import pixels
@@ -35,8 +35,10 @@ from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Outputs
 from edge_ai.inference.onnxruntime import OnnxRuntimeEngine
 from edge_ai.inference.package import load_package
-from edge_ai.report.sr import DeviceInfo
-from edge_ai.service import reading, workers
+from edge_ai.inference.threads import limit_blas_threads
+from edge_ai.report.sr import warm_up
+from edge_ai.service import reading
+from edge_ai.service.inferring import infer_sources
 
 def hwm_rss():
     fields = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines() if ":" in l)
@@ -47,15 +49,15 @@ engine = OnnxRuntimeEngine(load_package(package))
 header = pydicom.dcmread(path, stop_before_pixels=True)
 ref = InstanceRef(str(header.SOPClassUID), str(header.SOPInstanceUID), "", "", str(path), "", 0)
 engine.run(np.zeros((16, 1, 128, 128), np.float32))
-none = cast(Any, None)  # the worker as the node builds it (BLAS threads, highdicom tables loaded)
-pipe = workers.Pipeline(none, none, {}, [], [], DeviceInfo(ae_title="B"), lambda *a, **k: None, none)
+limit_blas_threads(1)  # the worker as the node sets it up (BLAS threads, highdicom tables loaded)
+warm_up()
 Path("/proc/self/clear_refs").write_text("5")
 base = hwm_rss()[1]
 started = time.monotonic()
 tracemalloc.start()
 if mode == "node":
-    headers, offsets = workers._read_headers([ref])
-    result = pipe._infer(engine, reading.units([reading.Source(ref, headers[0], offsets[0])]))
+    header, offset = reading.read_header(ref)
+    result = infer_sources(engine, [reading.Source(ref, header, offset)])
     images = len(result.scores)
 else:
     ds = pydicom.dcmread(path)

@@ -125,6 +125,24 @@ class DeviceInfo:
     software_version: str = __version__
 
 
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """A source instance known by its UIDs alone: listed as evidence, never rendered from (a series of
+    thousands of instances needs no header of most of them). See `build_sr` and `encode_evidence`."""
+
+    SOPClassUID: str
+    SOPInstanceUID: str
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    InstanceNumber: int | None = None
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return getattr(self, keyword, default)
+
+
+Source = Dataset | SourceRef
+
+
 @dataclass(frozen=True)
 class Predecessor:
     """An earlier SR for the same series that this one supersedes (series reopened by a late instance)."""
@@ -177,7 +195,7 @@ def warm_up() -> None:
 
 
 def build_sr(
-    sources: Sequence[Dataset],
+    sources: Sequence[Source],
     result: InferenceResult,
     package: PackageInfo,
     device: DeviceInfo,
@@ -192,7 +210,10 @@ def build_sr(
 
     Args:
         sources: headers (pixel data not needed) of every instance of the source series; all are
-            listed as evidence, with or without a finding.
+            listed as evidence, with or without a finding. The first in instance order and every one a
+            finding names must be a Dataset; the others may be `SourceRef`s, which the returned object
+            does not list: `report.evidence.encode_evidence` renders the complete Current Requested Procedure Evidence
+            Sequence for its bytes (service/evidence.py `render`).
         result: the model's conclusion; every finding must name a source instance.
         package: model name, version, coded labels and disclaimer.
         device: this node, reported as the device observer.
@@ -211,6 +232,8 @@ def build_sr(
     # arrival order must not change the bytes: evidence is listed in instance order
     sources = sorted(sources, key=lambda s: (int(s.get("InstanceNumber") or 0), str(s.SOPInstanceUID)))
     first = sources[0]
+    if not isinstance(first, Dataset):
+        raise ValueError("the first source in instance order must be a header (Dataset)")
     series_uid = sr_series_uid(first.SeriesInstanceUID, package.name, package.version, uid_root)
     dev_uid = device_uid(device, uid_root)
     fingerprint = _fingerprint(first, result, package, device, dev_uid, series_number, instance_number)
@@ -223,7 +246,7 @@ def build_sr(
 
     when = created or datetime.datetime.now()
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[_with_type2_defaults(first), *sources[1:]],
+        evidence=[_with_type2_defaults(first), *(s for s in sources[1:] if isinstance(s, Dataset))],
         content=content,
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -266,7 +289,7 @@ def _content(
     package: PackageInfo,
     device: DeviceInfo,
     dev_uid: str,
-    by_uid: Mapping[str, Dataset],
+    by_uid: Mapping[str, Source],
     sop_uid: str,
     uid_root: str,
 ) -> Dataset:
@@ -283,11 +306,10 @@ def _content(
         _series_group(result, series_label, algorithm, sop_uid, uid_root)
     ]
     for index, finding in enumerate(_sorted_findings(result.findings), start=1):
-        groups.append(
-            _finding_group(
-                finding, index, package, by_uid[finding.sop_instance_uid], algorithm, sop_uid, uid_root
-            )
-        )
+        source = by_uid[finding.sop_instance_uid]
+        if not isinstance(source, Dataset):
+            raise ValueError(f"the source of a finding ({finding.sop_instance_uid}) must be a header (Dataset)")
+        groups.append(_finding_group(finding, index, package, source, algorithm, sop_uid, uid_root))
 
     observer = ObserverContext(
         observer_type=dcm_codes.DCM.Device,
@@ -311,8 +333,8 @@ def _content(
 
 
 def _check_inputs(
-    sources: Sequence[Dataset], result: InferenceResult, package: PackageInfo
-) -> dict[str, Dataset]:
+    sources: Sequence[Source], result: InferenceResult, package: PackageInfo
+) -> dict[str, Source]:
     if not sources:
         raise ValueError("build_sr needs at least one source instance")
     if {(s.StudyInstanceUID, s.SeriesInstanceUID) for s in sources} != {

@@ -16,23 +16,84 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydicom
 from pydicom import Dataset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import FileMetaDataset
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import UID
 
 from edge_ai.domain import InstanceRef
 from edge_ai.errors import ImagingError
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.package import Preprocessing
+from edge_ai.spool.header import ImageRecord
+from edge_ai.spool.index import Kept
 
-__all__ = ["Source", "Unit", "tensor", "units"]
+__all__ = ["Source", "Unit", "read_header", "record_header", "source", "tensor", "units"]
 
 
 @dataclass(frozen=True)
 class Source:
-    """One instance to infer: its spool entry, parsed header and where its Pixel Data element starts."""
+    """One instance to infer: its spool entry, header and where its Pixel Data element starts."""
 
     ref: InstanceRef
     header: Dataset
     pixel_offset: int | None
+    instance_id: int = 0
+
+
+Metas = dict[str, FileMetaDataset]  # one File Meta per transfer syntax, shared by the headers made here
+
+
+def source(kept: Kept, metas: Metas) -> Source:
+    """The instance's header from the image record ingest kept (no file read), or, where it kept none
+    (functional groups, LUT sequences, deflated or big endian data sets), read from the file."""
+    if kept.image is not None:
+        return Source(kept.ref, record_header(kept.image, metas), kept.image.pixel_offset, kept.instance_id)
+    header, offset = read_header(kept.ref)
+    return Source(kept.ref, header, offset, kept.instance_id)
+
+
+def record_header(image: ImageRecord, metas: Metas) -> Dataset:
+    """A header holding the recorded attributes, converted by pydicom as a read of the file converts them."""
+    ds = Dataset()
+    for keyword, value in image.attrs.items():
+        tag = tag_for_keyword(keyword)
+        if tag is not None:
+            ds.add_new(tag, dictionary_VR(tag), None if value == "" else value)  # empty: None, as a read gives
+    ds.file_meta = _meta(image.syntax, metas)
+    return ds
+
+
+def _meta(syntax: str, metas: Metas) -> FileMetaDataset:
+    if syntax not in metas:
+        metas[syntax] = FileMetaDataset()
+        if syntax:
+            metas[syntax].TransferSyntaxUID = UID(syntax)
+    return metas[syntax]
+
+
+def read_header(ref: InstanceRef, keep: tuple[str, ...] | None = None) -> tuple[Dataset, int | None]:
+    """The header (no pixel data) from the stored file, and the offset where it stopped: the Pixel Data
+    element. `keep`: only these keywords stay (and the File Meta), for a header held for long.
+
+    Raises:
+        ImagingError: the stored file no longer parses (its job fails with the reason).
+    """
+    try:
+        with open(ref.path, "rb") as fp:
+            header = pydicom.dcmread(fp, stop_before_pixels=True)
+            offset = fp.tell()
+    except Exception as exc:
+        raise ImagingError(f"instance {ref.sop_instance_uid}: cannot read header: {type(exc).__name__}") from exc
+    if keep is None:
+        return header, offset
+    slim = Dataset()
+    for keyword in keep:
+        element = header.get_item(keyword)
+        if element is not None:
+            slim[element.tag] = element
+    slim.file_meta = header.file_meta
+    return slim, offset
 
 
 class _WholeRead:
@@ -79,7 +140,7 @@ class Unit:
 
 
 def units(sources: Sequence[Source]) -> list[Unit]:
-    """Every frame of every source, ordered by position as slices are (z, Instance Number, frame number).
+    """Every frame of every source, instance by instance (the job store orders outputs by `Frame.key`).
 
     Each multi-frame file is opened once here to locate its frames (a few bytes per frame are read);
     a single-frame one is located when its tensor is made, on an imaging thread.
@@ -96,7 +157,6 @@ def units(sources: Sequence[Source]) -> list[Unit]:
         layout = _layout(source)
         whole = _WholeRead(source.ref.path, len(listed)) if layout is None else None
         out.extend(Unit(source, frame, layout, whole) for frame in listed)
-    out.sort(key=lambda u: u.frame.key)
     return out
 
 

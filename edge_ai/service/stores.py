@@ -1,5 +1,5 @@
-"""The node's persistent state in one SQLite file, opened as its three owners: the instance index
-(spool), the job store (grouping) and the deliveries (outbox)."""
+"""The node's persistent state in one SQLite file, opened as its owners: the instance index (spool),
+the job store and the model outputs it keeps per image (grouping) and the deliveries (outbox)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_ai.grouping.jobs import JobStore, Listener
+from edge_ai.grouping.outputs import OutputStore
 from edge_ai.outbox.deliveries import Deliveries
 from edge_ai.spool.db import Database
 from edge_ai.spool.index import InstanceIndex
@@ -21,6 +22,7 @@ class Stores:
     index: InstanceIndex
     jobs: JobStore
     deliveries: Deliveries
+    outputs: OutputStore
 
     def close(self) -> None:
         self.db.close()
@@ -32,4 +34,4 @@ def open_stores(root: Path, listener: Listener | None = None, filename: Path = F
     db = Database(root / filename, on_error)
     index = InstanceIndex(db)
     jobs = JobStore(db, listener)
-    return Stores(db, index, jobs, Deliveries(db, jobs))
+    return Stores(db, index, jobs, Deliveries(db, jobs), OutputStore(db))

@@ -1,23 +1,18 @@
-"""The inference pipeline for one job: headers -> routing -> imaging -> engine -> SR in the spool."""
+"""The inference pipeline: while a series arrives its images are inferred a few batches at a time
+(`advance`), their outputs kept in the job store; when it is complete (`process`) whatever is left is
+inferred, the outputs aggregated and the SR written to the spool."""
 
 from __future__ import annotations
 
-import io
+import datetime
+import hashlib
 import json
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.tag import Tag
-from pydicom.uid import UID
 
 from edge_ai.config import Route
 from edge_ai.dicom.contexts import ANALYSED
@@ -25,22 +20,27 @@ from edge_ai.domain import InferenceResult, InstanceRef, Job
 from edge_ai.errors import EdgeAIError, ImagingError, ModelError
 from edge_ai.grouping.jobs import InvalidTransition, ReportRow
 from edge_ai.grouping.routing import RouteDecision, route
-from edge_ai.imaging import frames, pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.inference.package import ModelPackage
 from edge_ai.inference.threads import limit_blas_threads
 from edge_ai.report import result_json
-from edge_ai.report.sr import DeviceInfo, Predecessor, build_sr, warm_up
-from edge_ai.service import reading
-from edge_ai.service.shadow import Beside, same_input
+from edge_ai.report.sr import DeviceInfo, Predecessor, warm_up
+from edge_ai.service import evidence, reading
+from edge_ai.service.inferring import Runner, key_of
+from edge_ai.service.shadow import same_input
 from edge_ai.service.stores import Stores
+from edge_ai.spool.index import Kept
 from edge_ai.spool.store import Spool
 
 Audit = Callable[..., None]
 
-IMAGING_THREADS = 2  # preprocessing threads beside the engine; CT 300 in-process 4.0 -> 3.0 ms/slice on 2 cores
-PREFETCH_BATCHES = 2  # batches preprocessed ahead of the one the engine runs (1: 3.1, 2: 3.0, 4: 3.1 ms/slice)
+SETTLE_S = 0.05  # a series arriving waits this long for a full batch before a partial one is inferred
+STEP_BATCHES = 4  # batches per streaming step: a series that completes meanwhile waits at most this long
+COMPLETION_CHUNK = 256  # instances read per round at completion: memory bounded whatever the series size
+ARRIVING_S = 0.2  # an instance stored this recently: reception is busy
+STREAM_PAUSE = 1.0  # while it is, a streaming step is followed by a pause this many times its length
+_ANALYSED = tuple(sorted(ANALYSED))
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class Pipeline:
         on_inferred: Callable[[Job, ModelPackage, int], None] = lambda job, pkg, images: None,
         on_shadow: Callable[[str, bool], None] = lambda model, agree: None,
         model_for: Callable[[int], str | None] = lambda job_id: None,
+        clock: Callable[[], datetime.datetime] = datetime.datetime.now,
+        runner: Runner | None = None,
     ) -> None:
         self.stores = stores
         self.spool = spool
@@ -88,6 +90,13 @@ class Pipeline:
         self.on_inferred = on_inferred  # (job, package, images) after each live inference: per-job drift
         self.on_shadow = on_shadow  # (model, shadow agreed with live) for the shadow agreement metric
         self.model_for = model_for  # a model the job's sender named (HTTP API), instead of routing
+        self.clock = clock  # the SR's content date and time
+        self.routing = hashlib.sha256(repr((routes, destinations)).encode()).hexdigest()
+        self.runner = runner or Runner(stores.outputs, on_tensor)
+        self.deferred = False  # advance() left a series to fill a batch: look again soon
+        # (job, model, version) -> the last instance row streamed: each step reads only later arrivals;
+        # anything passed over (e.g. after a restart) is inferred at completion, which reads them all
+        self._seen: dict[tuple[int, str, str], int] = {}
         limit_blas_threads(1)  # numpy's resize products: 8-10 ms -> 1.1 ms per CT slice (inference/threads.py)
         warm_up()  # highdicom's IOD tables: loaded at start, not in the first job's time-to-result
 
@@ -110,6 +119,83 @@ class Pipeline:
         except InvalidTransition:  # it moved on before the error (reported, say): that state stands
             self.log.error("job_fail_refused", job=job.id, state=str(self.stores.jobs.state(job.id)))
 
+    # ---- while the series arrives ------------------------------------------------------------------
+    def advance(self, settle_s: float = SETTLE_S) -> bool:
+        """Infer a step (a few batches) of the images of series still arriving; True when it did work.
+
+        Reception never waits on this: the work is what the index holds and no output yet, so a worker
+        that falls behind only leaves more of it for the next step or for completion. A series with
+        less than a batch pending is left for `settle_s` after its last instance, for the batch to
+        fill (`deferred` says so, and the caller looks again soon).
+        """
+        self.deferred = False
+        receiving = self.stores.outputs.receiving_jobs()
+        if len(self._seen) > 4 * len(receiving) + 64:  # forget jobs that moved on: bounded whatever the uptime
+            live = {job for job, _, _ in receiving}
+            self._seen = {k: v for k, v in self._seen.items() if k[0] in live}
+        for job_id, series_id, last in receiving:
+            try:
+                if self._advance_job(job_id, series_id, last, settle_s):
+                    return True
+            except Exception as exc:  # reading the first header failed, a database hiccup...: completion says
+                self.log.warning("stream_step_failed", job=job_id, error=f"{type(exc).__name__}: {exc}")
+        return False
+
+    def _advance_job(self, job_id: int, series_id: int, last: float, settle_s: float) -> bool:
+        decisions = self._decisions(job_id, series_id)
+        for decision in decisions or ():
+            served = self.models.get(decision.model)
+            if served is None:
+                continue
+            shadow = self.shadows.get(served.name)
+            beside = shadow.engine if shadow is not None and same_input(shadow.engine.package,
+                                                                       served.engine.package) else None
+            steps = [(served.engine, True, beside)]
+            if shadow is not None and beside is None:
+                steps.append((shadow.engine, False, None))
+            for engine, observe, companion in steps:
+                batch = max(engine.package.batch_sizes)
+                seen = (job_id, *key_of(engine))
+                pending = self.stores.outputs.pending(series_id, key_of(engine), _ANALYSED, batch * STEP_BATCHES,
+                                                      after=self._seen.get(seen, 0))
+                if not pending:
+                    continue
+                if len(pending) < batch and time.time() - last < settle_s:
+                    self.deferred = True
+                    continue
+                self._seen[seen] = pending[-1].instance_id
+                started = time.monotonic()
+                self.runner.run(engine, self._units(pending), observe=observe, strict=False, beside=companion)
+                if time.time() - self.stores.outputs.last_arrival() < ARRIVING_S:
+                    # images still arriving: leave reception the CPU (and the GIL) for as long again
+                    time.sleep(min(1.0, (time.monotonic() - started) * STREAM_PAUSE))
+                return True
+        return False
+
+    def _units(self, kept: list[Kept]) -> list[reading.Unit]:
+        metas: reading.Metas = {}
+        return reading.units([reading.source(k, metas) for k in kept])
+
+    def _decisions(self, job_id: int, series_id: int) -> list[RouteDecision] | None:
+        """The job's routing: rules applied once to its series' first analysed instance (the one header
+        read whole for it), kept in the job store; made again when the routing config changed. None:
+        nothing analysed has arrived yet. A model the sender named (POST /v1/predict/{model}) replaces
+        routing for its job."""
+        named = self.model_for(job_id)
+        if named:
+            return [RouteDecision("request", named, tuple(self.destinations))]
+        stored = self.stores.outputs.route_of(job_id, self.routing)
+        if stored is not None:
+            return [RouteDecision(d[0], d[1], tuple(d[2:])) for d in stored]
+        first = self.stores.index.first_instance(series_id, _ANALYSED)
+        if first is None:
+            return None
+        header, _ = reading.read_header(first)
+        decisions = route(self.routes, header, self.destinations)
+        self.stores.outputs.set_route(job_id, self.routing, [[d.route, d.model, *d.destinations] for d in decisions])
+        return decisions
+
+    # ---- when the series is complete ----------------------------------------------------------------
     def _process(self, job: Job) -> None:
         stored = self.stores.index.series_instances(job.series_id)
         refs = [r for r in stored if r.sop_class_uid in ANALYSED]
@@ -124,49 +210,70 @@ class Pipeline:
                                "so it cannot be re-analysed as a whole; the earlier result stands")
         if not refs:
             raise ImagingError("series has no stored instances")
-        headers, offsets = _read_headers(refs)
-        named = self.model_for(job.id)
-        decisions = ([RouteDecision("request", named, tuple(self.destinations))] if named
-                     else route(self.routes, headers[0], self.destinations))
+        count = len(refs)
+        del stored, refs
+        decisions = self._decisions(job.id, job.series_id) or []
         if not decisions:
+            header, _ = reading.read_header(self.stores.index.first_instance(job.series_id, _ANALYSED) or _none())
             self.audit("series.not_routed", job=job.id, series_uid=job.series_uid, modality=job.modality,
-                       sop_class_uid=str(headers[0].get("SOPClassUID", "")))
+                       sop_class_uid=str(header.get("SOPClassUID", "")))
             self.stores.deliveries.report(job.id, [], [])
             return
         rows, dests = [], []
         for decision in decisions:
-            rows.append(self._run_model(job, decision, refs, headers, offsets))
+            rows.append(self._run_model(job, decision, count))
             dests.append(list(decision.destinations))
         self.stores.deliveries.report(job.id, rows, dests)
+        self.stores.outputs.drop_route(job.id)
 
-    def _run_model(
-        self, job: Job, decision: RouteDecision, refs: list[InstanceRef], headers: list[Dataset],
-        offsets: list[int | None],
-    ) -> ReportRow:
+    def _complete(self, engine: Engine, series_id: int, observe: bool, beside: Engine | None) -> Exception | None:
+        """Infer every image of the series `engine` has no output for yet (those that failed while
+        arriving too), strictly; returns the shadow's error, if any."""
+        outputs, key = self.stores.outputs, key_of(engine)
+        outputs.forget_errors(series_id, key)
+        shadow_error = None
+        while pending := outputs.pending(series_id, key, _ANALYSED, COMPLETION_CHUNK):
+            error = self.runner.run(engine, self._units(pending), observe=observe, strict=True, beside=beside)
+            shadow_error = shadow_error or error
+            if outputs.pending(series_id, key, _ANALYSED, 1) == pending[:1]:
+                raise ImagingError(f"instance {pending[0].ref.sop_instance_uid}: no output was recorded")
+        return shadow_error
+
+    def _result(self, engine: Engine, series_id: int) -> tuple[InferenceResult, float]:
+        """The series' result from the outputs in the job store, and the seconds its images took."""
+        got = self.stores.outputs.gather(series_id, key_of(engine), _ANALYSED)
+        if got.errors:
+            raise ImagingError(got.errors[0])
+        if not got.sop_instance_uids:
+            raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
+        infos = [ImageInfo(*fields) for fields in zip(got.sop_instance_uids, got.sop_class_uids, got.rows,
+                                                      got.columns, got.frame_numbers, strict=True)]
+        return summarize(engine.package, engine.runtime, infos, Outputs(got.probability, got.box)), got.seconds
+
+    def _run_model(self, job: Job, decision: RouteDecision, instances: int) -> ReportRow:
         served = self.models.get(decision.model)
         if served is None:
             raise ModelError(f"route {decision.route}: model {decision.model} is not being served")
         engine = served.engine
         pkg = engine.package
         started = time.monotonic()
-        pairs = [
-            reading.Source(r, h, o) for r, h, o in zip(refs, headers, offsets, strict=True)
-            if str(h.SOPClassUID) in ANALYSED
-        ]
-        units = reading.units(pairs)
         shadow = self.shadows.get(pkg.name)
-        beside = Beside(shadow.engine) if shadow is not None and same_input(shadow.engine.package, pkg) else None
-        result = self._infer(engine, units, beside=beside)
-        duration = time.monotonic() - started - (beside.seconds if beside is not None else 0.0)
-        self.on_stage("inference", duration)
+        beside = shadow.engine if shadow is not None and same_input(shadow.engine.package, pkg) else None
+        shadow_error = self._complete(engine, job.series_id, True, beside)
+        result, seconds = self._result(engine, job.series_id)
+        self.on_stage("inference", seconds)
         self.audit(
             "inference", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
-            runtime=engine.runtime, instances=len(pairs), images=len(result.scores), duration_s=round(duration, 4),
+            runtime=engine.runtime, instances=instances, images=len(result.scores), duration_s=round(seconds, 4),
+            at_completion_s=round(time.monotonic() - started, 4),
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
         self.on_inferred(job, pkg, len(result.scores))
         if shadow is not None:
-            self._run_shadow(job, shadow, units, result, beside)
+            self._run_shadow(job, shadow, instances, result, beside is not None, shadow_error)
+        return self._report(job, pkg, engine.runtime, result)
+
+    def _report(self, job: Job, pkg: ModelPackage, runtime: str, result: InferenceResult) -> ReportRow:
         previous = self.stores.jobs.previous_report(job.series_id, pkg.name, job.id)
         predecessor = (
             Predecessor(sop_instance_uid=previous[0], series_instance_uid=previous[1],
@@ -174,11 +281,13 @@ class Pipeline:
             if previous else None
         )
         started = time.monotonic()
-        sr = build_sr(headers, result, pkg, self.device, predecessor=predecessor)
+        sources = evidence.sources(self.stores.index, job.series_id, job.series_uid, _ANALYSED,
+                                   {f.sop_instance_uid for f in result.findings})
+        sr, data = evidence.render(sources, result, pkg, device=self.device, predecessor=predecessor,
+                                   created=self.clock())
+        del sources
         path = self.spool.report_path(str(sr.SOPInstanceUID))
-        buffer = io.BytesIO()
-        sr.save_as(buffer, enforce_file_format=True)
-        self.spool.write(path, buffer.getvalue())
+        self.spool.write(path, data)
         self.on_stage("report", time.monotonic() - started)
         self.audit(
             "sr.created", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
@@ -188,75 +297,41 @@ class Pipeline:
         )
         rendered = result_json.render(result, pkg, pkg.sha256, str(sr.SOPInstanceUID))  # same result as the SR
         return ReportRow(
-            model_name=pkg.name, model_version=pkg.version, runtime=engine.runtime,
+            model_name=pkg.name, model_version=pkg.version, runtime=runtime,
             sop_instance_uid=str(sr.SOPInstanceUID), series_uid=str(sr.SeriesInstanceUID),
             path=str(path), positive=result.positive, probability=result.probability,
             result_json=json.dumps(rendered, separators=(",", ":")),
         )
 
-    def _run_shadow(self, job: Job, shadow: Served, pairs: Sequence[reading.Unit], live: InferenceResult,
-                    beside: Beside | None) -> None:
-        """The shadow version on the same instances: on the live run's own tensors where both take the
-        same input (`beside`), else re-read and preprocessed by its own spec (never fed to the drift
-        monitor). Its result is audited and compared with the live one, never reported."""
+    def _run_shadow(self, job: Job, shadow: Served, instances: int, live: InferenceResult, shared: bool,
+                    error: Exception | None) -> None:
+        """The shadow version's result on the same images: inferred beside the live one on its very
+        tensors where both take the same input (`shared`), else by its own preprocessing (never fed to
+        the drift monitor). Audited and compared with the live one, never reported."""
         pkg = shadow.engine.package
-        started = time.monotonic() - (beside.seconds if beside is not None else 0.0)
+        started = time.monotonic()
         fields: dict[str, Any] = {"job": job.id, "series_uid": job.series_uid, "model": pkg.name,
                                   "version": pkg.version, "live_version": live.model_version,
-                                  "runtime": shadow.engine.runtime, "instances": len(pairs),
+                                  "runtime": shadow.engine.runtime, "instances": instances,
                                   "live_outcome": "positive" if live.positive else "negative",
-                                  "live_probability": round(live.probability, 4)}
-        fields["shared_tensors"] = beside is not None
+                                  "live_probability": round(live.probability, 4), "shared_tensors": shared}
         try:
-            result = beside.result() if beside is not None else self._infer(shadow.engine, pairs, observe=False)
+            if error is not None:
+                raise error
+            self._complete(shadow.engine, job.series_id, False, None)
+            result, seconds = self._result(shadow.engine, job.series_id)
         except Exception as exc:  # a shadow never fails the live job
             self.audit("shadow.inference", **fields, outcome="error", reason=f"{type(exc).__name__}: {exc}",
                        duration_s=round(time.monotonic() - started, 4))
             return
         agree = result.positive == live.positive
         self.audit("shadow.inference", **fields, outcome="positive" if result.positive else "negative",
-                   probability=round(result.probability, 4), agree=agree,
-                   duration_s=round(time.monotonic() - started, 4))
+                   probability=round(result.probability, 4), agree=agree, duration_s=round(seconds, 4))
         self.on_shadow(pkg.name, agree)
 
-    def _infer(self, engine: Engine, pairs: Sequence[reading.Unit], observe: bool = True,
-               beside: Beside | None = None) -> InferenceResult:
-        """Every image (a single-frame instance or one frame of a multi-frame one) through the model,
-        in `reading.units` order; the aggregate sees frames as it sees slices. `observe`: feed the drift
-        monitor; `beside`: the shadow version runs on the same batches."""
-        pkg = engine.package
-        if not pairs:
-            raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
-        batch_size = max(pkg.batch_sizes)
-        infos = [ImageInfo(p.source.ref.sop_instance_uid, p.source.ref.sop_class_uid, int(p.source.header.Rows),
-                           int(p.source.header.Columns), p.frame.number) for p in pairs]
-        probs, boxes = [], []
-        started = time.monotonic()
-        batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
-        if beside is not None:
-            beside.infos = infos
-        # Preprocessing runs on IMAGING_THREADS threads, at most the next PREFETCH_BATCHES batches ahead
-        # of the engine, so memory stays flat whatever the series size. It is numpy and file reads on
-        # the native path, which release the GIL (pydicom's decoder, which holds it, is the exception).
-        with ThreadPoolExecutor(IMAGING_THREADS, thread_name_prefix="imaging") as pool:
-            pending: deque[list[Future[np.ndarray]]] = deque()
-            for index, batch_sources in enumerate(batches):
-                while len(pending) <= PREFETCH_BATCHES and index + len(pending) < len(batches):
-                    ahead = batches[index + len(pending)]
-                    # frame headers are made here, on this thread: imaging threads only read them
-                    pending.append([pool.submit(reading.tensor, p, frames.frame_header(p.source.header, p.frame),
-                                                pkg.preprocessing) for p in ahead])
-                batch = [f.result() for f in pending.popleft()]
-                for tensor in batch if observe else ():
-                    self.on_tensor(pkg.name, tensor)
-                stacked = pixels.stack(batch, _padded_size(pkg.batch_sizes, len(batch)))
-                out = engine.run(stacked)
-                if beside is not None:
-                    beside.run(stacked, len(batch_sources))
-                probs.append(out.probability[: len(batch_sources)])
-                boxes.append(out.box[: len(batch_sources)])
-        self.on_stage("imaging+inference", time.monotonic() - started)
-        return summarize(pkg, engine.runtime, infos, Outputs(np.concatenate(probs), np.concatenate(boxes)))
+
+def _none() -> InstanceRef:
+    raise ImagingError("series has no stored instances")
 
 
 def _stage_of(exc: EdgeAIError) -> str:
@@ -266,87 +341,3 @@ def _stage_of(exc: EdgeAIError) -> str:
     if isinstance(exc, ModelError):
         return "inference"
     return "pipeline"
-
-
-def _padded_size(sizes: list[int], n: int) -> int:
-    """The smallest batch size the package declares that holds n (the runtime may need exact sizes)."""
-    fitting = [s for s in sorted(sizes) if s >= n]
-    return fitting[0] if fitting else n
-
-
-# What the worker and the SR need of every instance but two (see _read_headers); a full header is
-# ~25 KB of Python objects, so keeping them all made the node's RSS grow ~50 MB per 2000 slices.
-_SLIM_KEYWORDS = (
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",  # identity, evidence
-    "InstanceNumber", "ImagePositionPatient",  # slice and evidence order
-    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "NumberOfFrames",  # pixel module
-    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
-    "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",  # LUT, VOI window
-)
-# Headers with these keep everything: their LUT/VOI/frame handling reads more than the list above
-_FULL_IF_PRESENT = ("ModalityLUTSequence", "VOILUTSequence", "SharedFunctionalGroupsSequence",
-                    "PerFrameFunctionalGroupsSequence")
-
-
-_SLIM_TAGS = tuple(Tag(k) for k in _SLIM_KEYWORDS)
-_FULL_IF_TAGS = tuple(Tag(k) for k in _FULL_IF_PRESENT)
-
-
-def _slim(header: Dataset, metas: dict[str, FileMetaDataset]) -> Dataset:
-    """The elements of `header` in _SLIM_KEYWORDS (copied as read, not converted) and its transfer
-    syntax, in a File Meta shared by all headers of that syntax (`metas`, never modified)."""
-    if any(tag in header for tag in _FULL_IF_TAGS):
-        return header
-    slim = Dataset()
-    for tag in _SLIM_TAGS:
-        element = header.get_item(tag)
-        if element is not None:
-            slim[tag] = element
-    syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", ""))
-    if syntax not in metas:
-        metas[syntax] = FileMetaDataset()
-        if syntax:
-            metas[syntax].TransferSyntaxUID = UID(syntax)
-    slim.file_meta = metas[syntax]
-    return slim
-
-
-def _evidence_order(ds: Dataset) -> tuple[int, str]:
-    """build_sr's evidence order: the first of it gives the SR its patient/study attributes."""
-    return (int(ds.get("InstanceNumber") or 0), str(ds.SOPInstanceUID))
-
-
-def _read_headers(refs: Sequence[InstanceRef]) -> tuple[list[Dataset], list[int | None]]:
-    """Every instance's header and Pixel Data offset, memory bounded by the series' size in slim headers.
-
-    Two headers stay whole: the first in arrival order (routing reads it) and the first in
-    `_evidence_order` (the SR copies patient, study and equipment attributes from it). The rest
-    keep `_SLIM_KEYWORDS`: what ordering, preprocessing and the SR's evidence list read.
-    """
-    headers: list[Dataset] = []
-    offsets: list[int | None] = []
-    best: tuple[tuple[int, str], int] | None = None
-    metas: dict[str, FileMetaDataset] = {}
-    for index, ref in enumerate(refs):
-        header, offset = _read_header(ref)
-        offsets.append(offset)
-        key = _evidence_order(header)
-        if best is None or key < best[0]:
-            if best is not None and best[1] != 0:
-                headers[best[1]] = _slim(headers[best[1]], metas)
-            best = (key, index)
-            headers.append(header)
-        else:
-            headers.append(header if index == 0 else _slim(header, metas))
-    return headers, offsets
-
-
-def _read_header(ref: InstanceRef) -> tuple[Dataset, int | None]:
-    """The header (no pixel data) and the file offset where it stopped: the pixel data element."""
-    try:
-        with Path(ref.path).open("rb") as fp:
-            header = pydicom.dcmread(fp, stop_before_pixels=True)
-            return header, fp.tell()
-    except Exception as exc:  # a stored file that no longer parses fails its job with the reason
-        raise ImagingError(f"instance {ref.sop_instance_uid}: cannot read header: {type(exc).__name__}") from exc
-

@@ -1,9 +1,12 @@
 """The few header attributes ingest decides on, read straight from the received bytes.
 
 Reading a CT slice's header with pydicom costs about as much as storing the slice; this reads the
-identifying UIDs and the image geometry from an uncompressed-header data set (implicit or explicit
-VR little endian, which is every transfer syntax the node accepts except deflate) in one pass over
-the top-level elements, skipping sequences. Anything it does not expect (deflate, tags out of
+identifying UIDs, the image geometry and what ordering and preprocessing need (instance number,
+position, orientation, rescale, window, pixel module, where Pixel Data starts) from an
+uncompressed-header data set (implicit or explicit VR little endian, which is every transfer syntax
+the node accepts except deflate and big endian) in one pass over the top-level elements, skipping
+sequences. Ingest keeps those values in the index (`image_record`), so the worker never parses the
+header a second time. Anything it does not expect (deflate, tags out of
 order, a value of an odd length or VR, an element running past the bytes it was given) makes it
 return None, and the caller asks pydicom, whose answer is the reference: this is a fast path only.
 """
@@ -11,6 +14,7 @@ return None, and the caller asks pydicom, whose answer is the reference: this is
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from pydicom.datadict import dictionary_VR
@@ -23,25 +27,44 @@ EXPLICIT_LE_FAMILY = frozenset({
 })
 IMPLICIT_LE = "1.2.840.10008.1.2"
 
-# tag -> (keyword, kind): kind "ui"/"cs" text, "us" unsigned short, "is" integer string
+# tag -> (keyword, kind): kind "ui"/"cs" text, "us" unsigned short, "is" integer string, else a VR whose
+# value is kept as its text, backslashes (several values) included, for the image record
 WANTED: dict[int, tuple[str, str]] = {
     0x00080016: ("SOPClassUID", "ui"),
     0x00080018: ("SOPInstanceUID", "ui"),
     0x00080060: ("Modality", "cs"),
     0x00100020: ("PatientID", "lo"),
+    0x00200013: ("InstanceNumber", "IS"),
     0x0020000D: ("StudyInstanceUID", "ui"),
     0x0020000E: ("SeriesInstanceUID", "ui"),
+    0x00200032: ("ImagePositionPatient", "DS"),
+    0x00200037: ("ImageOrientationPatient", "DS"),
     0x00280002: ("SamplesPerPixel", "us"),
+    0x00280004: ("PhotometricInterpretation", "CS"),
     0x00280008: ("NumberOfFrames", "is"),
     0x00280010: ("Rows", "us"),
     0x00280011: ("Columns", "us"),
     0x00280100: ("BitsAllocated", "us"),
+    0x00280101: ("BitsStored", "us"),
+    0x00280102: ("HighBit", "us"),
+    0x00280103: ("PixelRepresentation", "us"),
+    0x00281050: ("WindowCenter", "DS"),
+    0x00281051: ("WindowWidth", "DS"),
+    0x00281052: ("RescaleIntercept", "DS"),
+    0x00281053: ("RescaleSlope", "DS"),
+    0x00281054: ("RescaleType", "LO"),
 }
-_LAST = max(WANTED)
+# present: the image's LUT, VOI or frame handling reads more than WANTED; the worker reads its header
+NEEDS_FULL_HEADER = frozenset({0x00283000, 0x00283010, 0x52009229, 0x52009230})
+PIXEL_DATA = 0x7FE00010
+PIXEL_AT = "_pixel_data_at"  # key of fast_header's result: offset of the Pixel Data element in `data`
+FULL = "_needs_full_header"  # key of fast_header's result: NEEDS_FULL_HEADER had a member
+_LAST = PIXEL_DATA
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _VRS = _LONG_VRS | {v.encode() for v in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT",
                                           "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US")}
-_EXPECTED_VR = {"ui": b"UI", "cs": b"CS", "us": b"US", "is": b"IS", "lo": b"LO"}
+_EXPECTED_VR = {"ui": b"UI", "cs": b"CS", "us": b"US", "is": b"IS", "lo": b"LO", "IS": b"IS", "DS": b"DS",
+                "CS": b"CS", "LO": b"LO"}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _TAG = struct.Struct("<HH")
@@ -69,12 +92,17 @@ def fast_header(data: bytes | bytearray | memoryview, transfer_syntax: str,
     try:
         pos, previous = 0, -1
         while pos < len(view):
+            at = pos
             tag, vr, length, pos = _element_header(view, pos, explicit)
             if tag <= previous:
                 return None
             previous = tag
-            if tag > _LAST:
+            if tag >= _LAST:
+                if tag == PIXEL_DATA:
+                    found[PIXEL_AT] = at
                 return found
+            if tag in NEEDS_FULL_HEADER:
+                found[FULL] = True
             if length == _UNDEFINED:
                 if not _is_sequence(tag, vr):
                     return None  # UN, or an implicit-VR element not known as SQ: pydicom's business
@@ -173,6 +201,11 @@ def _is_sequence(tag: int, vr: bytes | None) -> bool:
 
 
 def _value(raw: memoryview, kind: str) -> Any:
+    if kind.isupper():  # kept as text for the image record: pydicom converts it as it would from the file
+        text = bytes(raw).decode("ascii").rstrip(" \x00")
+        if any(part[:1].isspace() for part in text.split("\\")):
+            raise _Unexpected
+        return text
     if kind == "us":
         if len(raw) != 2:
             raise _Unexpected  # a multi-valued or odd US: pydicom decides what that means
@@ -335,3 +368,58 @@ def _items(r: _Reader, pos: int, end: int, explicit: bool, order: str, depth: in
             raise _Cut(f"{_name(owner)} cut short: an item of {length} bytes, {max(0, end - pos - 8)} left", top)
         else:
             pos += 8 + length
+
+
+# ---- the image record: what ordering and preprocessing need, kept in the index ---------------------
+@dataclass(frozen=True)
+class ImageRecord:
+    """The WANTED attributes of one instance as `fast_header` read them (text as stored, US as int),
+    its transfer syntax and the file offset of its Pixel Data element (None: none found)."""
+
+    attrs: dict[str, Any]
+    syntax: str
+    pixel_offset: int | None
+
+    @property
+    def instance_number(self) -> int | None:
+        try:
+            return int(str(self.attrs.get("InstanceNumber", "")).strip())
+        except ValueError:
+            return None
+
+    @property
+    def z(self) -> float | None:
+        parts = str(self.attrs.get("ImagePositionPatient", "")).split("\\")
+        try:
+            return float(parts[2]) if len(parts) == 3 else None
+        except ValueError:
+            return None
+
+
+def image_record(found: dict[str, Any], dataset_start: int, syntax: str) -> ImageRecord | None:
+    """The record of a `fast_header` result whose data set starts at `dataset_start` in its file; None
+    where the worker must read the header itself (LUT sequences, functional groups)."""
+    if found.get(FULL):
+        return None
+    at = found.get(PIXEL_AT)
+    attrs = {k: v for k, v in found.items() if not k.startswith("_")}
+    return ImageRecord(attrs, syntax, None if at is None else dataset_start + int(at))
+
+
+def element_span(data: bytes | memoryview, start: int, tag: int) -> tuple[int, int] | None:
+    """(first byte, end) of top-level element `tag` of the explicit VR little endian data set that starts
+    at `start` in `data` (a file the node wrote, e.g. an SR), or None where it has none."""
+    view = memoryview(data)
+    pos = start
+    try:
+        while pos < len(view):
+            at = pos
+            found, _, length, pos = _element_header(view, pos, True)
+            pos = _skip_undefined(view, pos, True, 0) if length == _UNDEFINED else pos + length
+            if found == tag:
+                return at, pos
+            if found > tag:
+                return None
+    except _Unexpected:
+        return None
+    return None

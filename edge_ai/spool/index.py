@@ -3,12 +3,14 @@ recovery, retention). Grouping and jobs live in edge_ai/grouping/jobs.py, delive
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
 
 from edge_ai.domain import InstanceRef
 from edge_ai.spool.db import Database
+from edge_ai.spool.header import ImageRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -21,7 +23,36 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at REAL NOT NULL, UNIQUE (sop_instance_uid, sha256));
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_id);
 CREATE INDEX IF NOT EXISTS instances_kept ON instances(series_id) WHERE path != '';
+CREATE TABLE IF NOT EXISTS images (
+    instance_id INTEGER PRIMARY KEY REFERENCES instances(id), instance_number INTEGER, z REAL,
+    syntax TEXT NOT NULL, pixel_offset INTEGER, attrs TEXT NOT NULL);
 """
+# the columns of `images` a worker reads with an instance (see `image_of`)
+IMAGE_COLUMNS = "g.syntax, g.pixel_offset, g.attrs"
+# the latest version of each instance of a series still in the spool (`i`: instances, `s`: series)
+LATEST = ("i.path != '' AND i.version = (SELECT MAX(version) FROM instances j"
+          " WHERE j.sop_instance_uid=i.sop_instance_uid)")
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A kept instance as the worker reads it: its index row, spool entry and the image record ingest
+    made of its header (None: ingest's fast header read could not; the worker reads the header)."""
+
+    instance_id: int
+    ref: InstanceRef
+    image: ImageRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What an SR lists of one source instance (and orders them by), without reading its file."""
+
+    instance_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str | None  # None: no image record; read from the file's header
+    instance_number: str | None
 
 
 @dataclass(frozen=True)
@@ -36,8 +67,9 @@ class InstanceIndex:
         self.db = db
         db.ensure(_SCHEMA)
 
-    def add(self, tx: sqlite3.Connection, ref: InstanceRef, modality: str) -> Indexed:
-        """Index a durable file inside the caller's transaction (`Database.tx`)."""
+    def add(self, tx: sqlite3.Connection, ref: InstanceRef, modality: str, image: ImageRecord | None = None) -> Indexed:
+        """Index a durable file inside the caller's transaction (`Database.tx`), with the image record
+        ingest's header read gave (ordering and preprocessing read it instead of the file's header)."""
         now = time.time()
         tx.execute(
             "INSERT INTO series(study_uid, series_uid, modality, created_at) VALUES (?,?,?,?) "
@@ -56,6 +88,11 @@ class InstanceIndex:
             " received_at) VALUES (?,?,?,?,?,?,?,?)",
             (series_id, ref.sop_instance_uid, ref.sop_class_uid, ref.path, ref.sha256, ref.size, versions + 1, now),
         )
+        if image is not None:
+            tx.execute("INSERT INTO images(instance_id, instance_number, z, syntax, pixel_offset, attrs)"
+                       " VALUES (last_insert_rowid(),?,?,?,?,?)",
+                       (image.instance_number, image.z, image.syntax, image.pixel_offset,
+                        json.dumps(image.attrs, separators=(",", ":"))))
         return Indexed(series_id, False, versions > 0)
 
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:
@@ -72,14 +109,48 @@ class InstanceIndex:
         """The latest version of every instance of the series still in the spool, in arrival order."""
         with self.db.read() as db:
             rows = db.execute(
-                "SELECT i.sop_class_uid, i.sop_instance_uid, s.series_uid, s.study_uid, i.path, i.sha256, i.size"
-                " FROM instances i JOIN series s ON s.id=i.series_id WHERE i.series_id=? AND i.path != ''"
-                " AND i.version ="
-                " (SELECT MAX(version) FROM instances j WHERE j.sop_instance_uid=i.sop_instance_uid)"
+                "SELECT i.sop_class_uid, i.sop_instance_uid, s.series_uid, s.study_uid, i.path, i.sha256, i.size"  # noqa: S608  (constant fragments; values are parameters)
+                f" FROM instances i JOIN series s ON s.id=i.series_id WHERE i.series_id=? AND {LATEST}"
                 " ORDER BY i.id",
                 (series_id,),
             ).fetchall()
         return [InstanceRef(*r) for r in rows]
+
+    def first_instance(self, series_id: int, sop_classes: tuple[str, ...]) -> InstanceRef | None:
+        """The first (in arrival order) kept instance of the series among `sop_classes`: routing reads it."""
+        marks = ",".join("?" * len(sop_classes))
+        with self.db.read() as db:
+            row = db.execute(
+                "SELECT i.sop_class_uid, i.sop_instance_uid, s.series_uid, s.study_uid, i.path, i.sha256, i.size"  # noqa: S608  (constant fragments; values are parameters)
+                f" FROM instances i JOIN series s ON s.id=i.series_id WHERE i.series_id=? AND {LATEST}"
+                f" AND i.sop_class_uid IN ({marks}) ORDER BY i.id LIMIT 1", (series_id, *sop_classes)).fetchone()
+        return None if row is None else InstanceRef(*row)
+
+    def kept(self, instance_ids: list[int]) -> list[Kept]:
+        """These instances with their image records (a few at a time: SR sources, routing)."""
+        out = []
+        with self.db.read() as db:
+            for instance_id in instance_ids:
+                r = db.execute(
+                    "SELECT i.id, i.sop_class_uid, i.sop_instance_uid, s.series_uid, s.study_uid, i.path, i.sha256,"  # noqa: S608  (constant fragments; values are parameters)
+                    f" i.size, {IMAGE_COLUMNS} FROM instances i JOIN series s ON s.id=i.series_id"
+                    " LEFT JOIN images g ON g.instance_id=i.id WHERE i.id=?", (instance_id,)).fetchone()
+                if r is not None:
+                    out.append(Kept(int(r[0]), InstanceRef(*r[1:8]), image_of(*r[8:11])))
+        return out
+
+    def evidence(self, series_id: int, sop_classes: tuple[str, ...]) -> list[Evidence]:
+        """Every kept instance of the series among `sop_classes` (latest versions), in arrival order."""
+        marks = ",".join("?" * len(sop_classes))
+        with self.db.read() as db:
+            rows = db.execute(
+                "SELECT i.id, i.sop_class_uid, i.sop_instance_uid, json_extract(g.attrs, '$.StudyInstanceUID'),"  # noqa: S608  (constant fragments; values are parameters)
+                " json_extract(g.attrs, '$.InstanceNumber') FROM instances i LEFT JOIN images g ON g.instance_id=i.id"
+                f" WHERE i.series_id=? AND {LATEST} AND i.sop_class_uid IN ({marks}) ORDER BY i.id",
+                (series_id, *sop_classes)).fetchall()
+        same: dict[str | None, str | None] = {}  # one string per distinct class and study UID
+        return [Evidence(int(r[0]), str(same.setdefault(r[1], r[1])), r[2], same.setdefault(r[3], r[3]),
+                         None if r[4] is None else str(r[4])) for r in rows]
 
     # ---- retention ----------------------------------------------------------------------------
     def purgeable_series(self, before: float, limit: int = 100) -> list[tuple[int, str]]:
@@ -117,6 +188,10 @@ class InstanceIndex:
                         "SELECT path, size FROM instances WHERE series_id=? AND path != ''", (series_id,)
                     ).fetchall()
                     db.execute("UPDATE instances SET path='' WHERE series_id=? AND path != ''", (series_id,))
+                    # the series can no longer be re-analysed: its images' model outputs go with its files
+                    if db.execute("SELECT 1 FROM sqlite_master WHERE name='outputs'").fetchone():
+                        db.execute("DELETE FROM outputs WHERE instance_id IN"
+                                   " (SELECT id FROM instances WHERE series_id=?)", (series_id,))
             finally:
                 self.db.conn.execute("PRAGMA synchronous=NORMAL")
         return [(str(p), int(n)) for p, n in files]
@@ -132,3 +207,10 @@ class InstanceIndex:
         with self.db.read() as db:
             return db.execute("SELECT 1 FROM instances WHERE series_id=? AND path='' LIMIT 1",
                               (series_id,)).fetchone() is not None
+
+
+def image_of(syntax: str | None, pixel_offset: int | None, attrs: str | None) -> ImageRecord | None:
+    """The image record of a row selected with IMAGE_COLUMNS (None: ingest kept none; read the header)."""
+    if syntax is None or attrs is None:
+        return None
+    return ImageRecord(json.loads(attrs), syntax, pixel_offset)

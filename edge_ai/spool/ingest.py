@@ -19,7 +19,7 @@ import pydicom
 from edge_ai.domain import InstanceRef, uid_problem
 from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.spool.db import Database
-from edge_ai.spool.header import cut_short, fast_header, meta_transfer_syntax
+from edge_ai.spool.header import ImageRecord, cut_short, fast_header, image_record, meta_transfer_syntax
 from edge_ai.spool.index import InstanceIndex
 from edge_ai.spool.store import Spool, write_all
 
@@ -76,7 +76,7 @@ class Ingest:
         self.min_free_bytes = min_free_bytes
         self.max_instance_bytes = max_instance_bytes
 
-    def add(self, ref: InstanceRef, modality: str, carrier: str) -> StoreOutcome:
+    def add(self, ref: InstanceRef, modality: str, carrier: str, image: ImageRecord | None = None) -> StoreOutcome:
         """Index a durable file and attach it to its series' job, in one transaction; grouping hears
         which carrier brought it before the commit, so it can never judge the series whole in between.
 
@@ -84,7 +84,7 @@ class Ingest:
             sqlite3.Error: the index could not be written.
         """
         with self.db.tx() as tx:
-            indexed = self.index.add(tx, ref, modality)
+            indexed = self.index.add(tx, ref, modality, image)
             if indexed.duplicate:
                 return StoreOutcome(True, False, self.jobs.open_job(indexed.series_id) or 0, False)
             attached = self.jobs.attach(tx, indexed.series_id, ref.series_instance_uid)
@@ -130,7 +130,7 @@ class Ingest:
             try:
                 part10 = path.read_bytes()
                 header = parse_header(part10)
-                uids = examine(part10, str(header.get("SOPClassUID", "")), self.max_instance_bytes)
+                uids, image = inspect(part10, str(header.get("SOPClassUID", "")), self.max_instance_bytes)
                 digest = hashlib.sha256(part10[dataset_offset(part10):]).hexdigest()
                 if self.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}") != path:
                     raise RejectedInstance(Refusal.CANNOT_UNDERSTAND, "content does not match its name")
@@ -147,7 +147,7 @@ class Ingest:
                 continue
             ref = InstanceRef(uids["SOPClassUID"], uids["SOPInstanceUID"], uids["SeriesInstanceUID"],
                               uids["StudyInstanceUID"], str(path), digest, len(part10))
-            self.add(ref, uids["Modality"][:16], "recovered")
+            self.add(ref, uids["Modality"][:16], "recovered", image)
         return problems
 
 
@@ -233,7 +233,7 @@ class Receiving:
             raise self.refusal
         assert self._tmp is not None and self._fd is not None
         ingest, spool = self.ingest, self.ingest.spool
-        uids = examine(self._tmp, self.context_sop_class, ingest.max_instance_bytes)
+        uids, image = inspect(self._tmp, self.context_sop_class, ingest.max_instance_bytes)
         if self.expected_uid is not None and uids["SOPInstanceUID"] != self.expected_uid:
             raise RejectedInstance(Refusal.DATASET_MISMATCH, "data set SOP Instance UID differs from the "
                                    "request's Affected SOP Instance UID")
@@ -261,7 +261,7 @@ class Receiving:
                 reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
                 raise RejectedInstance(Refusal.OUT_OF_RESOURCES, reason) from exc
         try:
-            outcome = ingest.add(ref, modality, self.assoc)
+            outcome = ingest.add(ref, modality, self.assoc, image)
         except sqlite3.Error as exc:
             raise RejectedInstance(Refusal.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
         return Stored(ref, modality, outcome, uids["PatientID"][:64])
@@ -286,6 +286,17 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
         RejectedInstance: 0xC000 unparseable, bad UIDs or a decoded size above `max_instance_bytes`;
             0xA900 when the data set's SOP class is not the presentation context's.
     """
+    return inspect(part10, context_sop_class, max_instance_bytes)[0]
+
+
+def inspect(part10: bytes | Path, context_sop_class: str,
+            max_instance_bytes: int) -> tuple[dict[str, str], ImageRecord | None]:
+    """`examine`, and the image record the same header read gives (None: the fast path could not read
+    it, and the worker reads the header itself).
+
+    Raises:
+        RejectedInstance: as `examine`.
+    """
     probe = _probe(part10)
     _check_inflated_size(part10, probe, max_instance_bytes)
     header = parse_header(part10, probe)
@@ -309,7 +320,11 @@ def examine(part10: bytes | Path, context_sop_class: str, max_instance_bytes: in
             f"decoded pixel data would be {decoded} bytes, above storage.max_instance_bytes "
             f"({max_instance_bytes})",
         )
-    return uids
+    image = None
+    if isinstance(header, dict):  # the fast path read it: its record is exact
+        syntax = meta_transfer_syntax(probe) or ""
+        image = image_record(header, 144 + int.from_bytes(probe[140:144], "little"), syntax)
+    return uids, image
 
 
 def _check_whole(part10: bytes | Path, probe: bytes) -> None:

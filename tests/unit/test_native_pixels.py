@@ -16,7 +16,7 @@ from edge_ai.domain import InstanceRef
 from edge_ai.errors import ImagingError
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.package import Preprocessing, Window
-from edge_ai.service import reading, workers
+from edge_ai.service import reading
 
 SPEC = Preprocessing(window=Window(source="fixed", center=40.0, width=400.0), resize=(32, 32), mean=0.5, std=0.25)
 
@@ -59,7 +59,7 @@ def test_native_read_equals_pydicom_decode(tmp_path: Path, name: str, ds: Datase
     ds.save_as(path, enforce_file_format=True)
     full = pydicom.dcmread(path)
     ref = InstanceRef(str(full.SOPClassUID), str(full.SOPInstanceUID), "", "", str(path), "", 0)
-    header, offset = workers._read_header(ref)
+    header, offset = reading.read_header(ref)
     assert "PixelData" not in header and offset is not None
     dtype = pixels.native_dtype(header)
     assert dtype is not None
@@ -82,7 +82,7 @@ def test_short_or_misplaced_pixel_data_is_left_to_pydicom(tmp_path: Path) -> Non
     path = tmp_path / "short.dcm"
     short.save_as(path, enforce_file_format=True)
     ref = InstanceRef("", "", "", "", str(path), "", 0)
-    header, offset = workers._read_header(ref)
+    header, offset = reading.read_header(ref)
     data = path.read_bytes()
 
     def read_at(at: int, size: int) -> bytes:
@@ -104,7 +104,7 @@ def test_compressed_slice_read_by_offset_equals_pydicom_decode(tmp_path: Path, s
     path = tmp_path / "packed.dcm"
     ds.save_as(path, enforce_file_format=True)
     ref = InstanceRef("", "", "", "", str(path), "", 0)
-    header, offset = workers._read_header(ref)
+    header, offset = reading.read_header(ref)
     (unit,) = reading.units([reading.Source(ref, header, offset)])
     np.testing.assert_array_equal(reading.tensor(unit, header, SPEC), pixels.preprocess(pydicom.dcmread(path), SPEC))
 
@@ -120,7 +120,7 @@ def test_corrupt_frame_fails_naming_instance_and_frame(tmp_path: Path) -> None:
     path = tmp_path / "bad.dcm"
     ds.save_as(path, enforce_file_format=True)
     ref = InstanceRef("", str(ds.SOPInstanceUID), "", "", str(path), "", 0)
-    header, offset = workers._read_header(ref)
+    header, offset = reading.read_header(ref)
     units = sorted(reading.units([reading.Source(ref, header, offset)]), key=lambda u: u.frame.index)
     reading.tensor(units[0], frames.frame_header(header, units[0].frame), SPEC)
     with pytest.raises(ImagingError, match=f"instance {ds.SOPInstanceUID} frame 2: cannot decode pixel data"):
