@@ -396,13 +396,17 @@ class ImageRecord:
             return None
 
 
+_NOT_RECORDED = frozenset({"PatientID"})
+
+
 def image_record(found: dict[str, Any], dataset_start: int, syntax: str) -> ImageRecord | None:
     """The record of a `fast_header` result whose data set starts at `dataset_start` in its file; None
     where the worker must read the header itself (LUT sequences, functional groups)."""
     if found.get(FULL):
         return None
     at = found.get(PIXEL_AT)
-    attrs = {k: v for k, v in found.items() if not k.startswith("_")}
+    # what ordering and preprocessing need; identity (the Patient ID ingest reads for the audit) stays out
+    attrs = {k: v for k, v in found.items() if not k.startswith("_") and k not in _NOT_RECORDED}
     return ImageRecord(attrs, syntax, None if at is None else dataset_start + int(at))
 
 
