@@ -165,12 +165,6 @@ class OutputStore:
         with self.db.tx() as tx:
             tx.execute("DELETE FROM job_routes WHERE job_id=?", (job_id,))
 
-    def last_arrival(self) -> float:
-        """When the last instance of any series arrived (0: none is arriving)."""
-        with self.db.read() as db:
-            row = db.execute("SELECT MAX(last_instance_at) FROM jobs WHERE state='received'").fetchone()
-        return float(row[0] or 0.0)
-
     def receiving_jobs(self, limit: int = 16) -> list[tuple[int, int, float]]:
         """(job id, series id, last instance time) of jobs whose series is still arriving, oldest first."""
         with self.db.read() as db:

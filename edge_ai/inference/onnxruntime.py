@@ -23,7 +23,6 @@ class OnnxRuntimeEngine:
         # the next batch in Python between runs, and on a 2-core appliance the spinning thread took
         # the other core from it: 9.0 -> 6.4 ms per CT slice of preprocessing with spinning off,
         # while the run itself stays within noise (docs/performance.md).
-        options.intra_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:

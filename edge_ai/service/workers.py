@@ -38,8 +38,6 @@ Audit = Callable[..., None]
 SETTLE_S = 0.05  # a series arriving waits this long for a full batch before a partial one is inferred
 STEP_BATCHES = 4  # batches per streaming step: a series that completes meanwhile waits at most this long
 COMPLETION_CHUNK = 256  # instances read per round at completion: memory bounded whatever the series size
-ARRIVING_S = 0.2  # an instance stored this recently: reception is busy
-STREAM_PAUSE = 1.0  # while it is, a streaming step is followed by a pause this many times its length
 _ANALYSED = tuple(sorted(ANALYSED))
 
 
@@ -164,11 +162,7 @@ class Pipeline:
                     self.deferred = True
                     continue
                 self._seen[seen] = pending[-1].instance_id
-                started = time.monotonic()
                 self.runner.run(engine, self._units(pending), observe=observe, strict=False, beside=companion)
-                if time.time() - self.stores.outputs.last_arrival() < ARRIVING_S:
-                    # images still arriving: leave reception the CPU (and the GIL) for as long again
-                    time.sleep(min(1.0, (time.monotonic() - started) * STREAM_PAUSE))
                 return True
         return False
 
