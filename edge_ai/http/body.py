@@ -22,7 +22,7 @@ from edge_ai.dicom.contexts import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.http.problems import Problem
 from edge_ai.http.walker import BIG_ENDIAN, CutShort, Walker
-from edge_ai.spool.ingest import Ingest, Receiving, Stored
+from edge_ai.spool.ingest import Held, Ingest, Receiving, Stored
 
 STUDY_UID_TAG = 0x0020000D
 _META_MAX = 64 * 1024  # a File Meta group longer than this is not one
@@ -37,6 +37,7 @@ class Outcome:
     index: int
     stored: Stored | None = None
     refusal: RejectedInstance | None = None
+    held: Held | None = None  # checked and fsync'd in tmp: kept only if the whole request is
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
     size: int = 0
@@ -184,7 +185,7 @@ class InstanceSink:
             raise RejectedInstance(Refusal.DATASET_MISMATCH, f"Study Instance UID {study} differs from the "
                                    f"study in the request path {self.study_uid}")
         receiving, self._receiving = self._receiving, None
-        self.outcome.stored = receiving.finish()
+        self.outcome.held = receiving.hold()
 
     def discard(self) -> None:
         if self._receiving is not None:
@@ -258,9 +259,8 @@ class BodyIngest:
         if self._parser is not None:
             self._parser.finalize()
             self._collect(0)
-            if self._sink is not None:  # a part the body ended inside of
-                self._sink.discard()
-                self._sink = None
+            if self._sink is not None:  # a part the body ended inside of: nothing of the request is kept
+                self.discard()
                 raise Problem(400, "multipart body cut short: its last part has no closing boundary")
             if not self.outcomes:
                 raise Problem(400, "multipart body has no parts")
@@ -268,14 +268,34 @@ class BodyIngest:
             self._decide(self._sink)
             self._sink = None
         self._collect(0)
+        for outcome in self.outcomes:  # the whole request is in: its instances join the spool and the index
+            self._release(outcome)
         return self.outcomes
 
     def discard(self) -> None:
-        """The request is abandoned (too large, client gone): the instance in progress leaves nothing."""
+        """The request is abandoned (too large, client gone, malformed): nothing of it is kept, not even
+        instances that were complete: it was never acknowledged."""
         if self._sink is not None:
             self._sink.discard()
             self._sink = None
-        self._collect(0)  # instances already complete are stored: their outcomes count
+        self._collect(0)
+        for outcome in self.outcomes:
+            if outcome.held is not None:
+                outcome.held.drop()
+                outcome.held = None
+
+    def _release(self, outcome: Outcome) -> None:
+        held, outcome.held = outcome.held, None
+        if held is None:
+            return
+        try:
+            outcome.stored = held.release()
+        except RejectedInstance as exc:
+            outcome.refusal = exc
+        try:
+            self.on_outcome(outcome)
+        finally:
+            outcome.compact()
 
     def _decide(self, sink: InstanceSink) -> None:
         if self._pool is None:
@@ -286,6 +306,8 @@ class BodyIngest:
 
     def _finish(self, sink: InstanceSink) -> Outcome:
         outcome = sink.finish()
+        if outcome.held is not None:  # audited and given a job when the request ends (_release)
+            return outcome
         try:
             self.on_outcome(outcome)
         finally:

@@ -51,10 +51,11 @@ def check_length(request: Request, limit: int) -> None:
 
 async def receive(request: Request, ctx: HttpContext, principal: Principal, *, multipart_allowed: bool = True,
                   study_uid: str | None = None, model: str | None = None) -> Intake:
-    """Stream the body into the spool; every instance is stored (fsync'd, indexed) or refused with a reason.
+    """Stream the body into the spool; every instance is stored (fsync'd, indexed) or refused with a reason,
+    and only once the whole body is in: a request that fails part-way keeps nothing.
 
     Raises:
-        Problem: 413 over the limit (the instance in progress is dropped), 415 wrong content type,
+        Problem: 413 over the limit (nothing of the request is kept), 415 wrong content type,
             400 a malformed multipart body.
     """
     limit = ctx.cfg.max_request_bytes
@@ -77,12 +78,10 @@ async def receive(request: Request, ctx: HttpContext, principal: Principal, *, m
     try:
         await _stream(request, intake, feed, limit)
         intake.outcomes = await to_thread.run_sync(body.close)
-    except (Problem, ClientDisconnect, OSError) as exc:
+    except (Problem, ClientDisconnect, OSError):
         await to_thread.run_sync(body.discard)
         intake.outcomes = body.outcomes
         await to_thread.run_sync(_finish, ctx, intake, False)
-        if isinstance(exc, Problem) and intake.stored:  # complete instances before the failure were stored
-            exc.extra["stored_sop_instance_uids"] = [o.sop_instance_uid for o in intake.stored]
         raise
     intake.body_sha256 = hasher.hexdigest() if hasher is not None else ""
     await to_thread.run_sync(_finish, ctx, intake, True)
@@ -99,8 +98,8 @@ async def _stream(request: Request, intake: Intake, feed: Callable[[list[bytes]]
         async for chunk in request.stream():
             intake.bytes += len(chunk)
             if intake.bytes > limit:
-                raise Problem(413, f"body passed http.max_request_bytes ({limit}); reading stopped, the "
-                              "instance in progress was dropped", kind="too-large")
+                raise Problem(413, f"body passed http.max_request_bytes ({limit}); reading stopped, nothing of the "
+                              "request was kept", kind="too-large")
             batch.append(chunk)
             size += len(chunk)
             if size >= _BATCH_BYTES:

@@ -223,22 +223,45 @@ class Receiving:
     def finish(self) -> Stored:
         """Raises: RejectedInstance; nothing is left behind then."""
         try:
-            return self._finish()
+            return self._prepare().release()
         except BaseException:
             self.discard()
             raise
 
-    def _finish(self) -> Stored:
+    def hold(self) -> Held:
+        """Check the instance and fsync its file, but leave it out of the spool and the index until
+        `Held.release` (an HTTP request's instances are kept only if the whole request is).
+
+        Raises: RejectedInstance; nothing is left behind then.
+        """
+        try:
+            held = self._prepare()
+            if held.fd is not None:  # durable now; closed, so a request of thousands holds no descriptors
+                fd, held.fd = held.fd, None
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            self.discard()
+            reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
+            raise RejectedInstance(Refusal.OUT_OF_RESOURCES, reason) from exc
+        except BaseException:
+            self.discard()
+            raise
+        return held
+
+    def _prepare(self) -> Held:
         if self.refusal is not None:
             raise self.refusal
         assert self._tmp is not None and self._fd is not None
-        ingest, spool = self.ingest, self.ingest.spool
+        ingest = self.ingest
         uids, image = inspect(self._tmp, self.context_sop_class, ingest.max_instance_bytes)
         if self.expected_uid is not None and uids["SOPInstanceUID"] != self.expected_uid:
             raise RejectedInstance(Refusal.DATASET_MISMATCH, "data set SOP Instance UID differs from the "
                                    "request's Affected SOP Instance UID")
         digest = self._hash.hexdigest()
-        path = spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
+        path = ingest.spool.instance_path(f"{uids['SOPInstanceUID']}|{digest}")
         ref = InstanceRef(
             sop_class_uid=uids["SOPClassUID"],
             sop_instance_uid=uids["SOPInstanceUID"],
@@ -248,23 +271,60 @@ class Receiving:
             sha256=digest,
             size=self._size,
         )
-        modality = uids["Modality"][:16]
+        held = Held(ingest, self.assoc, ref, uids["Modality"][:16], image, uids["PatientID"][:64])
         if ingest.index.has_instance(ref.sop_instance_uid, digest):
             self.discard()
         else:
+            held.fd, held.tmp, self._fd, self._tmp = self._fd, self._tmp, None, None
+        return held
+
+
+@dataclass
+class Held:
+    """A checked instance whose bytes are in the spool's tmp folder: `release` makes it durable in the
+    spool and indexes it, `drop` forgets it (it was never acknowledged)."""
+
+    ingest: Ingest
+    carrier: str
+    ref: InstanceRef
+    modality: str
+    image: Any
+    patient_id: str
+    fd: int | None = None  # open until released, unless `Receiving.hold` fsync'd and closed it
+    tmp: Path | None = None  # None: a duplicate, no file of its own
+
+    def release(self) -> Stored:
+        """Raises: RejectedInstance (no space, spool or index unwritable); nothing is left in tmp then."""
+        ingest, spool = self.ingest, self.ingest.spool
+        if self.tmp is not None:
+            fd, tmp, self.fd, self.tmp = self.fd, self.tmp, None, None
             try:
                 if spool.free_bytes() < ingest.min_free_bytes:
+                    if fd is not None:
+                        os.close(fd)
+                    tmp.unlink(missing_ok=True)
                     raise RejectedInstance(Refusal.OUT_OF_RESOURCES, "free space below storage.min_free_bytes")
-                fd, tmp, self._fd, self._tmp = self._fd, self._tmp, None, None
-                spool.commit(fd, tmp, path)
+                if fd is None:
+                    spool.place(tmp, Path(self.ref.path))
+                else:
+                    spool.commit(fd, tmp, Path(self.ref.path))
             except OSError as exc:
                 reason = "disk full" if exc.errno == errno.ENOSPC else f"spool unwritable: {exc.strerror}"
                 raise RejectedInstance(Refusal.OUT_OF_RESOURCES, reason) from exc
         try:
-            outcome = ingest.add(ref, modality, self.assoc, image)
+            outcome = ingest.add(self.ref, self.modality, self.carrier, self.image)
         except sqlite3.Error as exc:
             raise RejectedInstance(Refusal.OUT_OF_RESOURCES, f"spool index unavailable: {exc}") from exc
-        return Stored(ref, modality, outcome, uids["PatientID"][:64])
+        return Stored(self.ref, self.modality, outcome, self.patient_id)
+
+    def drop(self) -> None:
+        fd, tmp, self.fd, self.tmp = self.fd, self.tmp, None, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def dataset_offset(part10: bytes) -> int:

@@ -77,6 +77,22 @@ class Spool:
         new_dir = not directory.is_dir()  # the buckets are made at start; one removed since is made again
         commit_durably(fd, tmp, path, new_dir)
 
+    def place(self, tmp: Path, path: Path) -> None:
+        """Rename an already fsync'd, closed `tmp` to `path` and fsync the directory (see `commit`).
+
+        Raises:
+            OSError: tmp is removed then.
+        """
+        directory = path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_dir(directory)
+
     def quarantine(self, path: Path) -> Path:
         """Move a spool file that cannot be trusted out of the way, keeping it for inspection."""
         self.quarantined.mkdir(parents=True, exist_ok=True)

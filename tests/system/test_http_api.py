@@ -232,6 +232,34 @@ def test_chunked_body_over_the_limit_is_413_and_nothing_kept(
 
 
 # ---- auth ------------------------------------------------------------------------------------------------
+def test_a_multipart_upload_passing_the_limit_keeps_none_of_its_complete_parts(
+        client: httpx.Client, setup: tuple[NodeProcess, Keys, str]) -> None:
+    """A STOW-style upload whose first instance is complete but whose body then passes the limit is 413 and
+    keeps nothing: no file, no index row, no job (an HTTP request is acknowledged whole or not at all)."""
+    import sqlite3
+
+    node = setup[0]
+    first = dx_bytes(11)
+    uid = str(pydicom.dcmread(io.BytesIO(first), stop_before_pixels=True).SOPInstanceUID)
+    body, ctype = multipart([first, dx_bytes(12)])
+    split = body.index(first) + len(first) + 200  # past the first part, inside the second
+    spool = node.root / "var" / "spool"
+    received = (spool / "instances", spool / "tmp")
+    before = {p for d in received for p in d.rglob("*") if p.is_file()}
+
+    def chunks() -> Iterator[bytes]:
+        yield body[:split]
+        for _ in range(LIMIT // (1 << 20) + 2):
+            yield b"\0" * (1 << 20)
+
+    r = client.post("/v1/jobs", content=chunks(), headers={"Content-Type": ctype})
+    assert r.status_code == 413
+    time.sleep(0.5)
+    assert {p for d in received for p in d.rglob("*") if p.is_file()} - before == set()
+    with sqlite3.connect(spool / "queue.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM instances WHERE sop_instance_uid=?", (uid,)).fetchone()[0] == 0
+
+
 def test_no_or_bad_credentials_are_401_with_www_authenticate(setup: tuple[NodeProcess, Keys, str]) -> None:
     """Without credentials, or with a wrong key, the API answers 401 and says to use a Bearer token."""
     node, _, key = setup
