@@ -31,7 +31,7 @@ class Job:
     state: JobState
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstanceRef:
     """One stored instance in the spool (never carries pixel data)."""
 

@@ -13,6 +13,7 @@ return None, and the caller asks pydicom, whose answer is the reference: this is
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -394,6 +395,23 @@ class ImageRecord:
             return float(parts[2]) if len(parts) == 3 else None
         except ValueError:
             return None
+
+
+    def row(self) -> ImageRow:
+        """The values the index keeps, compact (what an HTTP request holds per instance until it ends)."""
+        return ImageRow(self.instance_number, self.z, self.syntax, self.pixel_offset,
+                        json.dumps(self.attrs, separators=(",", ":")))
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRow:
+    """An ImageRecord as the index stores it: its attributes as JSON text."""
+
+    instance_number: int | None
+    z: float | None
+    syntax: str
+    pixel_offset: int | None
+    attrs_json: str
 
 
 _NOT_RECORDED = frozenset({"PatientID"})

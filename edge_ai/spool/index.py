@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from edge_ai.domain import InstanceRef
 from edge_ai.spool.db import Database
-from edge_ai.spool.header import ImageRecord
+from edge_ai.spool.header import ImageRecord, ImageRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -67,7 +67,8 @@ class InstanceIndex:
         self.db = db
         db.ensure(_SCHEMA)
 
-    def add(self, tx: sqlite3.Connection, ref: InstanceRef, modality: str, image: ImageRecord | None = None) -> Indexed:
+    def add(self, tx: sqlite3.Connection, ref: InstanceRef, modality: str,
+            image: ImageRecord | ImageRow | None = None) -> Indexed:
         """Index a durable file inside the caller's transaction (`Database.tx`), with the image record
         ingest's header read gave (ordering and preprocessing read it instead of the file's header)."""
         now = time.time()
@@ -89,10 +90,10 @@ class InstanceIndex:
             (series_id, ref.sop_instance_uid, ref.sop_class_uid, ref.path, ref.sha256, ref.size, versions + 1, now),
         )
         if image is not None:
+            row = image if isinstance(image, ImageRow) else image.row()
             tx.execute("INSERT INTO images(instance_id, instance_number, z, syntax, pixel_offset, attrs)"
                        " VALUES (last_insert_rowid(),?,?,?,?,?)",
-                       (image.instance_number, image.z, image.syntax, image.pixel_offset,
-                        json.dumps(image.attrs, separators=(",", ":"))))
+                       (row.instance_number, row.z, row.syntax, row.pixel_offset, row.attrs_json))
         return Indexed(series_id, False, versions > 0)
 
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:

@@ -19,7 +19,7 @@ import pydicom
 from edge_ai.domain import InstanceRef, uid_problem
 from edge_ai.errors import Refusal, RejectedInstance
 from edge_ai.spool.db import Database
-from edge_ai.spool.header import ImageRecord, cut_short, fast_header, image_record, meta_transfer_syntax
+from edge_ai.spool.header import ImageRecord, ImageRow, cut_short, fast_header, image_record, meta_transfer_syntax
 from edge_ai.spool.index import InstanceIndex
 from edge_ai.spool.store import Spool, write_all
 
@@ -76,7 +76,8 @@ class Ingest:
         self.min_free_bytes = min_free_bytes
         self.max_instance_bytes = max_instance_bytes
 
-    def add(self, ref: InstanceRef, modality: str, carrier: str, image: ImageRecord | None = None) -> StoreOutcome:
+    def add(self, ref: InstanceRef, modality: str, carrier: str,
+            image: ImageRecord | ImageRow | None = None) -> StoreOutcome:
         """Index a durable file and attach it to its series' job, in one transaction; grouping hears
         which carrier brought it before the commit, so it can never judge the series whole in between.
 
@@ -236,6 +237,8 @@ class Receiving:
         """
         try:
             held = self._prepare()
+            if isinstance(held.image, ImageRecord):
+                held.image = held.image.row()  # kept until the request ends: compact
             if held.fd is not None:  # durable now; closed, so a request of thousands holds no descriptors
                 fd, held.fd = held.fd, None
                 try:
@@ -279,7 +282,7 @@ class Receiving:
         return held
 
 
-@dataclass
+@dataclass(slots=True)
 class Held:
     """A checked instance whose bytes are in the spool's tmp folder: `release` makes it durable in the
     spool and indexes it, `drop` forgets it (it was never acknowledged)."""
