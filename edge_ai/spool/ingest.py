@@ -214,12 +214,7 @@ class Receiving:
     def discard(self) -> None:
         """Close and remove the temporary file (an unacknowledged instance leaves nothing)."""
         fd, tmp, self._fd, self._tmp = self._fd, self._tmp, None, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        _forget(fd, tmp)
 
     def finish(self) -> Stored:
         """Raises: RejectedInstance; nothing is left behind then."""
@@ -322,12 +317,17 @@ class Held:
 
     def drop(self) -> None:
         fd, tmp, self.fd, self.tmp = self.fd, self.tmp, None, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        _forget(fd, tmp)
+
+
+def _forget(fd: int | None, tmp: Path | None) -> None:
+    """Close and remove an instance's temporary file: it was never acknowledged."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def dataset_offset(part10: bytes) -> int:

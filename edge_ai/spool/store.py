@@ -83,15 +83,7 @@ class Spool:
         Raises:
             OSError: tmp is removed then.
         """
-        directory = path.parent
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(directory)
+        commit_durably(None, tmp, path, not path.parent.is_dir())
 
     def quarantine(self, path: Path) -> Path:
         """Move a spool file that cannot be trusted out of the way, keeping it for inspection."""
@@ -138,15 +130,16 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def commit_durably(fd: int, tmp: Path, path: Path, new_dir: bool) -> None:
-    """fsync the open `tmp`, close it, rename it to `path` (making its folder if `new_dir`), fsync the
-    folder (and its parent if new). On an error before the rename, tmp is removed."""
+def commit_durably(fd: int | None, tmp: Path, path: Path, new_dir: bool) -> None:
+    """fsync the open `tmp` and close it (`fd` None: that was done), rename it to `path` (making its folder
+    if `new_dir`), fsync the folder (and its parent if new). On an error before the rename, tmp is removed."""
     directory = path.parent
     try:
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         if new_dir:
             directory.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
