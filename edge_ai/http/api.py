@@ -305,10 +305,8 @@ def _feedback_route(app: FastAPI, ctx: HttpContext) -> None:
 def _since(text: str | None) -> float | None:
     if text is None:
         return None
-    try:
+    with contextlib.suppress(ValueError):  # Unix seconds; else an ISO 8601 time below
         return float(text)
-    except ValueError:
-        pass
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
