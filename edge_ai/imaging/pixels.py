@@ -13,6 +13,11 @@ training see identical tensors:
    scale factor, as PIL/torch `antialias=True` do).
 6. (x - mean) / std, float32 [1, H, W].
 
+For a frame of a million pixels or more (DX, CR, MG) of 8- or 16-bit stored values, steps 2-4 are
+computed once per possible stored value and looked up per pixel (`_through_table`): the same numbers,
+bit for bit, in one pass instead of five. The resize multiplies only the band of its weight matrix
+around each output row (`_resize_bands`). A 2048 x 2048 DX: 100 -> 25 ms on one core.
+
 Multi-frame images: `preprocess` uses ONE frame (`frame`, default the first);
 `preprocess_frames` returns every frame as [F, 1, H, W] (the whole volume decoded: for tests and
 training scripts). The node reads and decodes one frame at a time (`imaging.frames`) and gives each
@@ -22,7 +27,7 @@ frame's stored values to `preprocess_stored`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -228,12 +233,17 @@ def _dataset_window(ds: Dataset, frame: int) -> tuple[float, float] | None:
     return (centre, width) if width > 0 else None
 
 
-def window(values: np.ndarray, spec: Window, ds: Dataset | None = None, *, frame: int = 0) -> np.ndarray:
+def window(values: np.ndarray, spec: Window, ds: Dataset | None = None, *, frame: int = 0,
+           counts: Callable[[], np.ndarray] | None = None) -> np.ndarray:
     """Modality values -> 0..1 through a linear window; values outside it are clipped.
 
     `dataset` uses the instance's first Window Center/Width and falls back to `percentile`
     when it has none; `fixed` uses spec.center/width; `percentile` maps the given
     percentiles of the image to 0 and 1.
+
+    Args:
+        counts: when given, `values` is a table (every value a stored pixel can take) and `counts()`
+            how many pixels hold each: the percentiles are those of the image the table maps.
     """
     centre_width: tuple[float, float] | None = None
     if spec.source == "fixed":
@@ -243,7 +253,9 @@ def window(values: np.ndarray, spec: Window, ds: Dataset | None = None, *, frame
     elif spec.source == "dataset" and ds is not None:
         centre_width = _dataset_window(ds, frame)
     if centre_width is None:
-        lo, hi = (float(v) for v in np.percentile(values, spec.percentiles))
+        found = np.percentile(values, spec.percentiles) if counts is None else _percentiles(
+            values, counts(), spec.percentiles)
+        lo, hi = (float(v) for v in found)
         if hi <= lo:
             hi = lo + 1.0
     else:
@@ -270,6 +282,42 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return out
 
 
+_BAND_ROWS = 32  # output rows per block of a banded resize
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_bands(n_in: int, n_out: int) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
+    """`_resize_matrix` cut into blocks of output rows, each with the input rows it reads (out0, out1,
+    in0, in1, weights): each output takes a few inputs around its centre, so multiplying the blocks
+    skips the zeros of the whole matrix (2048 -> 256: 1/8 of the products)."""
+    matrix = _resize_matrix(n_in, n_out)
+    bands = []
+    for out0 in range(0, n_out, _BAND_ROWS):
+        out1 = min(n_out, out0 + _BAND_ROWS)
+        used = np.flatnonzero(matrix[out0:out1].any(axis=0))
+        in0, in1 = int(used[0]), int(used[-1]) + 1
+        block = np.ascontiguousarray(matrix[out0:out1, in0:in1])
+        block.flags.writeable = False
+        bands.append((out0, out1, in0, in1, block))
+    return tuple(bands)
+
+
+def _resize_rows(image: np.ndarray, n_out: int) -> np.ndarray:
+    """`_resize_matrix(rows, n_out) @ image`, block by block over its band."""
+    out = np.empty((n_out, image.shape[1]), dtype=np.float32)
+    for out0, out1, in0, in1, block in _resize_bands(image.shape[0], n_out):
+        np.matmul(block, image[in0:in1], out=out[out0:out1])
+    return out
+
+
+def _resize_columns(image: np.ndarray, n_out: int) -> np.ndarray:
+    """`image @ _resize_matrix(columns, n_out).T`, block by block over its band."""
+    out = np.empty((image.shape[0], n_out), dtype=np.float32)
+    for out0, out1, in0, in1, block in _resize_bands(image.shape[1], n_out):
+        np.matmul(image[:, in0:in1], block.T, out=out[:, out0:out1])
+    return out
+
+
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a 2-D image to (rows, columns); antialiased when shrinking."""
     if image.ndim != 2:
@@ -279,15 +327,68 @@ def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"invalid target shape {shape}")
     img = image.astype(np.float32, copy=False)
     if img.shape != (rows, cols):
-        img = _resize_matrix(img.shape[0], rows) @ img @ _resize_matrix(img.shape[1], cols).T
+        img = _resize_columns(_resize_rows(img, rows), cols)
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
-def _one_frame(ds: Dataset, stored: np.ndarray, spec: Preprocessing, frame: int) -> np.ndarray:
-    values = modality_lut(stored, ds, frame=frame)
-    x = window(values, spec.window, ds, frame=frame)
+# A frame at least this big maps its stored values through a table (DX, CR, MG: 4-9 megapixels); smaller
+# ones (a CT slice) are cheaper computed pixel by pixel than building a table of 65,536 values
+_TABLE_MIN_PIXELS = 1 << 20
+_COUNT_CHUNK = 1 << 18  # pixels counted per np.bincount call: its intp copy stays in cache
+
+
+def _through_table(ds: Dataset, stored: np.ndarray, spec: Preprocessing, frame: int) -> np.ndarray | None:
+    """Steps 2-4 (`modality_lut`, `window`, MONOCHROME1) of a frame of 8- or 16-bit integers, as a table of
+    every value a stored pixel can take, then one look-up per pixel: the very numbers of computing them
+    pixel by pixel (the same element-wise float32 operations on the same values), in one pass over a
+    multi-megapixel frame instead of five; percentiles come from the frame's histogram. None: another
+    type, or a frame too small for a table to pay."""
+    if stored.dtype.kind not in "iu" or stored.dtype.itemsize > 2 or stored.size < _TABLE_MIN_PIXELS:
+        return None
+    unsigned = stored.view(np.dtype(f"u{stored.dtype.itemsize}"))  # stored value -> its table index
+    domain = np.arange(1 << (8 * stored.dtype.itemsize), dtype=unsigned.dtype).view(stored.dtype)
+
+    def counts() -> np.ndarray:
+        flat, total = unsigned.reshape(-1), np.zeros(domain.size, dtype=np.intp)
+        for start in range(0, flat.size, _COUNT_CHUNK):
+            total += np.bincount(flat[start:start + _COUNT_CHUNK], minlength=domain.size)
+        return total
+
+    table = window(modality_lut(domain, ds, frame=frame), spec.window, ds, frame=frame, counts=counts)
     if spec.invert_monochrome1 and str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-        x = 1.0 - x
+        table = 1.0 - table
+    return np.asarray(table[unsigned], dtype=np.float32)
+
+
+def _percentiles(table: np.ndarray, counts: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """`np.percentile` (linear method) of the image holding `counts[i]` pixels of value `table[i]`:
+    the same order statistics, interpolated with numpy's own arithmetic."""
+    present = counts > 0
+    values, weights = table[present], counts[present]
+    order = np.argsort(values, kind="stable")
+    values, ends = values[order], np.cumsum(weights[order])  # ends[k]: pixels up to value k
+    n = int(ends[-1])
+    q = np.true_divide(np.asarray(percentiles, dtype=np.float64), 100)
+    virtual = n * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's virtual index, alpha = beta = 1
+    previous = np.floor(virtual)
+    lower = np.clip(previous, 0, n - 1).astype(np.intp)
+    upper = np.clip(previous + 1, 0, n - 1).astype(np.intp)
+    upper[virtual >= n - 1] = lower[virtual >= n - 1] = n - 1
+    a = values[np.searchsorted(ends, lower, side="right")]
+    b = values[np.searchsorted(ends, upper, side="right")]
+    gamma = np.asanyarray(virtual - previous, dtype=virtual.dtype)
+    diff = b - a
+    out: np.ndarray = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe")
+    return out
+
+
+def _one_frame(ds: Dataset, stored: np.ndarray, spec: Preprocessing, frame: int) -> np.ndarray:
+    x = _through_table(ds, stored, spec, frame)
+    if x is None:
+        x = window(modality_lut(stored, ds, frame=frame), spec.window, ds, frame=frame)
+        if spec.invert_monochrome1 and str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+            x = 1.0 - x
     x = resize(x, (spec.resize[0], spec.resize[1]))
     if spec.std <= 0:
         raise ValueError("preprocessing.std must be positive")

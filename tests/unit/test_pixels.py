@@ -166,3 +166,57 @@ def test_stack_batches_and_pads() -> None:
     assert pixels.stack(t).shape == (3, 1, 8, 8)
     padded = pixels.stack(t, batch_size=8)
     assert padded.shape == (8, 1, 8, 8) and padded[3:].sum() == 0
+
+
+def _pixel_by_pixel(ds: Dataset, stored: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Steps 2-4 computed on every pixel (what frames below the table size get)."""
+    x = pixels.window(pixels.modality_lut(stored, ds), spec.window, ds)
+    return 1.0 - x if str(ds.get("PhotometricInterpretation")) == "MONOCHROME1" else x
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.int8])
+@pytest.mark.parametrize("source", ["percentile", "fixed", "dataset"])
+def test_big_frames_through_the_table_give_the_very_numbers_of_pixel_by_pixel(dtype: type, source: str) -> None:
+    """A DX-sized frame maps its stored values through a table (and its percentiles come from a histogram):
+    every output value equals, bit for bit, what the pixel-by-pixel computation gives, whatever the stored
+    type, rescale, window source, percentiles, MONOCHROME1, or a nearly flat image."""
+    rng = np.random.default_rng(hash((dtype, source)) % 2**32)
+    info = np.iinfo(dtype)
+    for case in range(4):
+        shape = (1024 + case, 1024)
+        if case == 3:  # nearly flat: the percentiles fall on the same value
+            stored = np.full(shape, 7, dtype)
+            stored[:10, :10] = 3
+        else:
+            centre = 0 if info.min < 0 else info.max / 3
+            stored = rng.normal(centre, info.max / (4 + 4 * case), shape).clip(info.min, info.max).astype(dtype)
+        ds = Dataset()
+        ds.PhotometricInterpretation = "MONOCHROME1" if case % 2 else "MONOCHROME2"
+        if case:
+            ds.RescaleSlope, ds.RescaleIntercept = (0.5, -1024.0) if case == 1 else (2.3, 3.7)
+        if case == 2:
+            ds.WindowCenter, ds.WindowWidth = 40, 400
+        spec = Preprocessing(window=Window(source=source, center=50.0, width=300.0,
+                                           percentiles=(0.5, 99.7) if case else (1.0, 99.0)),
+                             resize=(64, 64), invert_monochrome1=True)
+        mapped = pixels._through_table(ds, stored, spec, 0)
+        assert mapped is not None
+        reference = _pixel_by_pixel(ds, stored, spec)
+        assert mapped.dtype == reference.dtype == np.float32
+        assert np.array_equal(mapped, reference), case
+
+
+def test_small_frames_and_wide_types_are_computed_pixel_by_pixel() -> None:
+    """A CT slice (512 x 512) or 32-bit values take no table: building one would cost more than it saves."""
+    spec = Preprocessing(window=Window(source="percentile"), resize=(64, 64))
+    assert pixels._through_table(Dataset(), np.zeros((512, 512), np.int16), spec, 0) is None
+    assert pixels._through_table(Dataset(), np.zeros((2048, 2048), np.int32), spec, 0) is None
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(2048, 256), (3000, 256), (512, 128), (100, 300), (7, 3)])
+def test_banded_resize_equals_the_whole_weight_matrix(n_in: int, n_out: int) -> None:
+    """The resize multiplies blocks of the weight matrix over their bands only: the same image as the
+    whole matrix product, to float32 rounding."""
+    img = np.random.default_rng(n_in).random((n_in, n_in + 5), dtype=np.float32)
+    whole = pixels._resize_matrix(n_in, n_out) @ img @ pixels._resize_matrix(n_in + 5, n_out + 1).T
+    np.testing.assert_allclose(pixels.resize(img, (n_out, n_out + 1)), whole, rtol=0, atol=1e-6)
