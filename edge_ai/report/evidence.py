@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from edge_ai.report.sr import Source
+from edge_ai.report.sr_common import Source
 
 
 def encode_evidence(sources: Sequence[Source]) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge_ai.domain import Finding, InferenceResult
-from edge_ai.report.sr import COORDINATE_DECIMALS, LabelLike, PackageInfo, _round_p, _sorted_findings
+from edge_ai.report.sr_common import COORDINATE_DECIMALS, LabelLike, PackageInfo, round_p, sorted_findings
 
 
 def _code(label: LabelLike) -> dict[str, str]:
@@ -26,7 +26,7 @@ def _region(finding: Finding, index: int) -> dict[str, Any]:
         "label": f"Finding {index}",  # the SR's tracking identifier of the same region
         "sop_instance_uid": finding.sop_instance_uid,
         "frame": finding.frame_number,
-        "confidence_score": _round_p(finding.probability),
+        "confidence_score": round_p(finding.probability),
     }
 
 
@@ -38,11 +38,11 @@ def render(result: InferenceResult, package: PackageInfo, sha256: str, sr_sop_in
     """
     labels = package.labels
     series_key = "finding" if "finding" in labels else next(iter(labels))
-    ordered = list(enumerate(_sorted_findings(result.findings), start=1))
+    ordered = list(enumerate(sorted_findings(result.findings), start=1))
     entries = [{
         "code": _code(labels[series_key]),
         "present": bool(result.positive),
-        "confidence_score": _round_p(result.probability),
+        "confidence_score": round_p(result.probability),
         "regions_of_interest": [_region(f, i) for i, f in ordered if f.label == series_key],
     }]
     for key in sorted({f.label for f in result.findings} - {series_key}):
@@ -50,7 +50,7 @@ def render(result: InferenceResult, package: PackageInfo, sha256: str, sr_sop_in
         entries.append({
             "code": _code(labels[key]),
             "present": True,
-            "confidence_score": max(_round_p(f.probability) for _, f in mine),
+            "confidence_score": max(round_p(f.probability) for _, f in mine),
             "regions_of_interest": [_region(f, i) for i, f in mine],
         })
     return {

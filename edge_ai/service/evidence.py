@@ -11,19 +11,14 @@ makes from every header.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 from pydicom import Dataset
 
 from edge_ai.domain import InferenceResult
-from edge_ai.report.evidence import encode_evidence
-from edge_ai.report.sr import PackageInfo, Source, SourceRef, build_sr
+from edge_ai.report.sr import PackageInfo, Source, SourceRef, render_sr
 from edge_ai.service import reading
-from edge_ai.spool.header import element_span
 from edge_ai.spool.index import Evidence, InstanceIndex, Kept
-
-_EVIDENCE = 0x0040A375  # Current Requested Procedure Evidence Sequence
 
 # kept of an instance without an image record, read from its file (rare: deflated, big endian, LUTs)
 _KEEP = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "InstanceNumber",
@@ -34,22 +29,12 @@ _KEEP = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID
 def render(sources: Sequence[Source], result: InferenceResult, package: PackageInfo, **kwargs: object
            ) -> tuple[Dataset, bytes]:
     """`build_sr` of `sources`, and the bytes of the complete SR (Part-10): the SR object lists only the
-    header sources as evidence; the bytes list all of them.
+    header sources as evidence; the bytes list all of them (`report.sr.render_sr`).
 
     Raises:
-        ValueError: as `build_sr`, or the SR as written has no evidence sequence to complete.
+        ValueError: as `build_sr`.
     """
-    sr = build_sr(sources, result, package, **kwargs)  # type: ignore[arg-type]
-    buffer = io.BytesIO()
-    sr.save_as(buffer, enforce_file_format=True)
-    data = buffer.getvalue()
-    if all(isinstance(s, Dataset) for s in sources):
-        return sr, data
-    start = 144 + int.from_bytes(data[140:144], "little")
-    span = element_span(data, start, _EVIDENCE)
-    if span is None:
-        raise ValueError("the SR as written has no Current Requested Procedure Evidence Sequence")
-    return sr, data[:span[0]] + encode_evidence(sources) + data[span[1]:]
+    return render_sr(sources, result, package, **kwargs)  # type: ignore[arg-type]
 
 
 def sources(index: InstanceIndex, series_id: int, series_uid: str, sop_classes: tuple[str, ...],

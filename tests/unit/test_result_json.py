@@ -17,7 +17,7 @@ from test_sr import CT_CLASS, DEVICE, PACKAGE, _image
 
 from edge_ai.domain import Box, Finding, InferenceResult
 from edge_ai.report import codes, result_json
-from edge_ai.report.sr import build_sr
+from edge_ai.report.sr import COORDINATE_DECIMALS, build_sr
 
 SHA = "ab" * 32
 
@@ -43,7 +43,10 @@ def _sr_view(sr: Dataset) -> dict[str, Any]:
                 points = np.asarray(item.GraphicData, dtype=float).reshape(-1, 2)
                 ref = item.ContentSequence[0].ReferencedSOPSequence[0]
                 frames = ref.get("ReferencedFrameNumber")
-                region = {"box": [points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()],
+                # Graphic Data is FL: as stored (and as build_sr returns it, read back from its bytes) a
+                # coordinate is the float32 nearest the 2-decimal value the JSON gives
+                box = [points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()]
+                region = {"box": [round(float(v), COORDINATE_DECIMALS) for v in box],
                           "sop_instance_uid": ref.ReferencedSOPInstanceUID,
                           "frame": int(frames) if frames else None}
             elif item.ValueType == "TEXT" and name.CodeValue == "112039":  # Tracking Identifier
