@@ -11,12 +11,18 @@ ones pydicom's `save_as(..., enforce_file_format=True)` writes for highdicom's d
 
 from __future__ import annotations
 
+import datetime
 import struct
 from functools import lru_cache
 from typing import Any
 
 from highdicom import __version__ as highdicom_version
-from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+from highdicom._standard_utils import (
+    does_iod_have_pixel_data,
+    get_iod_module_map,
+    get_module_attribute_map,
+    get_sop_class_iod_map,
+)
 from highdicom.base_content import ContributingEquipment
 from highdicom.enum import PatientSexValues
 from highdicom.valuerep import _check_long_string, _check_specific_character_set
@@ -24,6 +30,7 @@ from pydicom import Dataset
 from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
+from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.valuerep import DA, DT, TM
 
 from edge_ai.report import codes
@@ -179,13 +186,41 @@ def _check_header(first: Dataset, series_number: int, instance_number: int) -> N
         raise ValueError('Argument "instance_number" should be a positive integer.')
 
 
+# highdicom's "is this SOP class an image" walks its IOD tables (~5 ms per SR): asked once per class
+_is_image = lru_cache(maxsize=256)(does_iod_have_pixel_data)
+
+
+def _acquisition_equipment(first: Dataset) -> ContributingEquipment:
+    """`ContributingEquipment.for_image_acquisition(first)`, its very arguments and errors, with the
+    image check cached per SOP class (the byte tests hold it to highdicom's)."""
+    if not _is_image(str(first.SOPClassUID)):
+        raise ValueError("Dataset does not represent an Image.")
+    manufacturer = first.get("Manufacturer")
+    if manufacturer is None or manufacturer == "":
+        raise AttributeError("Dataset has no manufacturer information.")
+    when = first.get("AcquisitionDateTime")
+    if when is None:
+        date, time = first.get("AcquisitionDate"), first.get("AcquisitionTime")
+        if isinstance(date, datetime.date) and isinstance(time, datetime.time):
+            when = datetime.datetime.combine(first.AcquisitionDate, first.AcquisitionTime)
+    return ContributingEquipment(
+        manufacturer=manufacturer, purpose_of_reference=dcm_codes.DCM.AcquisitionEquipment,
+        manufacturer_model_name=first.get("ManufacturerModelName"),
+        software_versions=first.get("SoftwareVersions"), device_serial_number=first.get("DeviceSerialNumber"),
+        institution_name=first.get("InstitutionName"),
+        institutional_department_name=first.get("InstitutionalDepartmentName"),
+        institution_address=first.get("InstitutionAddress"), station_name=first.get("StationName"),
+        contribution_datetime=when, contribution_description="Acquisition equipment of the source image(s)",
+    )
+
+
 def _equipment(p: Prepared, enc: list[str], charset: Any) -> list[Element]:
     """Contributing Equipment: the source's acquisition equipment when highdicom can describe it (an
     image with a Manufacturer), then highdicom itself; both dated `created`, as build_sr always did."""
     stamp = _dicom_time(DT(p.when))
     items = []
     try:  # exactly what highdicom lists, and skips when it cannot (any error)
-        acquisition = ContributingEquipment.for_image_acquisition(p.first)
+        acquisition = _acquisition_equipment(p.first)
     except Exception:  # noqa: S110 - highdicom itself leaves the item out on any error
         pass
     else:
