@@ -19,6 +19,7 @@ from edge_ai.errors import ConfigError, ModelError
 from edge_ai.grouping.completion import Completion
 from edge_ai.http import server as http_server
 from edge_ai.inference.package import load_package
+from edge_ai.inference.threads import yield_to_reception
 from edge_ai.observability import logging as obs_logging
 from edge_ai.observability import pending
 from edge_ai.observability.agreement import Agreement, Policy, ShadowAgreement
@@ -30,7 +31,7 @@ from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
 from edge_ai.service import status as node_status
-from edge_ai.service.inferring import Runner, yield_to_reception
+from edge_ai.service.inferring import Runner
 from edge_ai.service.model_loading import describe, load_models, load_shadows
 from edge_ai.service.stores import FILENAME as STORES_FILE
 from edge_ai.service.stores import open_stores

@@ -9,6 +9,7 @@ import numpy as np
 from edge_ai.errors import ModelError
 from edge_ai.inference.engine import Outputs, register
 from edge_ai.inference.package import ModelPackage
+from edge_ai.inference.threads import made_in_background
 
 
 class OnnxRuntimeEngine:
@@ -25,8 +26,9 @@ class OnnxRuntimeEngine:
         # while the run itself stays within noise (docs/performance.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(str(package.onnx_path), options, providers=providers)
+        try:  # its intra-op threads yield to reception, as the worker's own do (inference/threads.py)
+            self._session = made_in_background(
+                lambda: ort.InferenceSession(str(package.onnx_path), options, providers=providers))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"model {package.name}: onnxruntime cannot load model.onnx: {exc}") from exc
         used = self._session.get_providers()[0]

@@ -14,9 +14,6 @@ size), or the SR of a series inferred while it arrived could differ from one inf
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,23 +28,13 @@ from edge_ai.grouping.outputs import Output
 from edge_ai.imaging import frames, pixels
 from edge_ai.inference.aggregate import ImageInfo, summarize
 from edge_ai.inference.engine import Engine, Outputs
+from edge_ai.inference.threads import yield_to_reception
 from edge_ai.service import reading
 
 IMAGING_THREADS = 2  # preprocessing threads beside the engine; CT 300 in-process 4.0 -> 3.0 ms/slice on 2 cores
 PREFETCH_BATCHES = 2  # batches preprocessed ahead of the one the engine runs (1: 3.1, 2: 3.0, 4: 3.1 ms/slice)
 
 Key = tuple[str, str]  # model name, version
-
-
-BACKGROUND_NICE = 10  # the worker's threads under reception's: CFS weight 110 against 1024
-
-
-def yield_to_reception() -> None:
-    """Lower the calling thread's CPU priority (Linux: nice applies per thread), so that inference, which
-    runs while series arrive, never takes the CPU from receiving them (ingest 105 -> 44 instances/s on 2
-    cores without it). Idle cores still go to inference. Unprivileged: it cannot be raised back."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: it competes as before
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def key_of(engine: Engine) -> Key:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_ai.imaging import pixels
-from edge_ai.inference.threads import _loaded_openblas, limit_blas_threads
+from edge_ai.inference.threads import BACKGROUND_NICE, _loaded_openblas, limit_blas_threads, made_in_background
 
 
 def test_finds_openblas_libraries_in_the_memory_map(tmp_path: Path) -> None:
@@ -30,3 +32,40 @@ def test_resize_is_unchanged_in_value_with_one_blas_thread() -> None:
     limit_blas_threads(1)
     limit_blas_threads(1)
     np.testing.assert_allclose(pixels.resize(img, (128, 128)), before, rtol=0, atol=1e-6)
+
+
+def _thread_nice() -> dict[str, int]:
+    """Linux: each thread of this process -> its nice value (field 19 of /proc/self/task/*/stat)."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        out[task.name] = int(fields[16])
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="per-thread nice values are Linux's")
+def test_onnx_runtime_threads_yield_to_reception() -> None:
+    """The threads ONNX Runtime starts for a model run at the worker's lower priority, so inference on
+    an idle core is as fast as before but never takes the CPU from receiving a series."""
+    from edge_ai.inference.onnxruntime import OnnxRuntimeEngine
+    from edge_ai.inference.package import load_package
+
+    import onnxruntime  # noqa: F401  (importing it starts a thread of its own, idle: not counted here)
+
+    package = load_package(Path(__file__).parents[2] / "edge_ai" / "models" / "demo_ct")
+    before = set(_thread_nice())
+    engine = OnnxRuntimeEngine(package)
+    try:
+        started = {tid: nice for tid, nice in _thread_nice().items() if tid not in before}
+        assert started, "ONNX Runtime started no thread of its own"
+        assert set(started.values()) == {BACKGROUND_NICE}
+        assert _thread_nice()[str(threading.get_native_id())] == 0  # the caller keeps its own priority
+    finally:
+        engine.close()
+
+
+def test_made_in_background_hands_back_the_result_and_the_error() -> None:
+    """What the background thread made, or the error it raised, reaches the caller."""
+    assert made_in_background(lambda: 42) == 42
+    with pytest.raises(ValueError, match="bad model"):
+        made_in_background(lambda: (_ for _ in ()).throw(ValueError("bad model")))
