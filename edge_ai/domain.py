@@ -100,7 +100,8 @@ class InferenceResult:
     positive: bool
     threshold: float
     findings: tuple[Finding, ...] = ()
-    scores: tuple[InstanceScore, ...] = field(default=())
+    scores: tuple[InstanceScore, ...] = field(default=())  # per image: kept by `summarize`, not by the node
+    images: int = 0  # images (slices, frames) the model saw
 
 
 _STRICT_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")

@@ -20,7 +20,7 @@ from edge_ai.domain import InferenceResult, InstanceRef, Job
 from edge_ai.errors import EdgeAIError, ImagingError, ModelError
 from edge_ai.grouping.jobs import InvalidTransition, ReportRow
 from edge_ai.grouping.routing import RouteDecision, route
-from edge_ai.inference.aggregate import ImageInfo, summarize
+from edge_ai.inference.aggregate import Images, conclude
 from edge_ai.inference.engine import Engine, Outputs
 from edge_ai.inference.package import ModelPackage
 from edge_ai.inference.threads import limit_blas_threads
@@ -191,21 +191,19 @@ class Pipeline:
 
     # ---- when the series is complete ----------------------------------------------------------------
     def _process(self, job: Job) -> None:
-        stored = self.stores.index.series_instances(job.series_id)
-        refs = [r for r in stored if r.sop_class_uid in ANALYSED]
-        if stored and not refs:  # MR, RT, dose reports, presentation states...: kept, audited, not analysed
+        # counted, not read: no row per instance is held at completion (memory flat in the series' size)
+        stored, count, first_class = self.stores.index.census(job.series_id, _ANALYSED)
+        if stored and not count:  # MR, RT, dose reports, presentation states...: kept, audited, not analysed
             self.audit("series.not_analysed", job=job.id, series_uid=job.series_uid, modality=job.modality,
-                       sop_class_uid=stored[0].sop_class_uid)
+                       sop_class_uid=first_class)
             self.stores.deliveries.report(job.id, [], [])
             return
         if job.generation > 1 and self.stores.index.series_was_purged(job.series_id):
             # a result on the few instances still kept would supersede the whole series' result in PACS
             raise ImagingError("earlier instances of this series were deleted by storage.retention_days, "
                                "so it cannot be re-analysed as a whole; the earlier result stands")
-        if not refs:
+        if not count:
             raise ImagingError("series has no stored instances")
-        count = len(refs)
-        del stored, refs
         decisions = self._decisions(job.id, job.series_id) or []
         if not decisions:
             header, _ = reading.read_header(self.stores.index.first_instance(job.series_id, _ANALYSED) or _none())
@@ -240,9 +238,8 @@ class Pipeline:
             raise ImagingError(got.errors[0])
         if not got.sop_instance_uids:
             raise ImagingError("no instance of this series can be inferred (e.g. only Secondary Capture)")
-        infos = [ImageInfo(*fields) for fields in zip(got.sop_instance_uids, got.sop_class_uids, got.rows,
-                                                      got.columns, got.frame_numbers, strict=True)]
-        return summarize(engine.package, engine.runtime, infos, Outputs(got.probability, got.box)), got.seconds
+        images = Images(got.sop_instance_uids, got.sop_class_uids, got.rows, got.columns, got.frame_numbers)
+        return conclude(engine.package, engine.runtime, images, Outputs(got.probability, got.box)), got.seconds
 
     def _run_model(self, job: Job, decision: RouteDecision, instances: int) -> ReportRow:
         served = self.models.get(decision.model)
@@ -258,11 +255,11 @@ class Pipeline:
         self.on_stage("inference", seconds)
         self.audit(
             "inference", job=job.id, series_uid=job.series_uid, model=pkg.name, version=pkg.version,
-            runtime=engine.runtime, instances=instances, images=len(result.scores), duration_s=round(seconds, 4),
+            runtime=engine.runtime, instances=instances, images=result.images, duration_s=round(seconds, 4),
             at_completion_s=round(time.monotonic() - started, 4),
             outcome="positive" if result.positive else "negative", probability=round(result.probability, 4),
         )
-        self.on_inferred(job, pkg, len(result.scores))
+        self.on_inferred(job, pkg, result.images)
         if shadow is not None:
             self._run_shadow(job, shadow, instances, result, beside is not None, shadow_error)
         return self._report(job, pkg, engine.runtime, result)

@@ -117,6 +117,18 @@ class InstanceIndex:
             ).fetchall()
         return [InstanceRef(*r) for r in rows]
 
+    def census(self, series_id: int, sop_classes: tuple[str, ...]) -> tuple[int, int, str | None]:
+        """(kept instances, of them among `sop_classes`, the first one's SOP Class UID) of the series' latest
+        versions: what completion needs to know of a series before it reads any of its rows."""
+        marks = ",".join("?" * len(sop_classes))
+        with self.db.read() as db:
+            total, among = db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(i.sop_class_uid IN ({marks})), 0) FROM instances i"  # noqa: S608  (constant fragments; values are parameters)
+                f" WHERE i.series_id=? AND {LATEST}", (*sop_classes, series_id)).fetchone()
+            first = db.execute(f"SELECT i.sop_class_uid FROM instances i WHERE i.series_id=? AND {LATEST}"  # noqa: S608  (constant fragments)
+                               " ORDER BY i.id LIMIT 1", (series_id,)).fetchone()
+        return int(total), int(among), None if first is None else str(first[0])
+
     def first_instance(self, series_id: int, sop_classes: tuple[str, ...]) -> InstanceRef | None:
         """The first (in arrival order) kept instance of the series among `sop_classes`: routing reads it."""
         marks = ",".join("?" * len(sop_classes))

@@ -297,3 +297,17 @@ def test_every_other_change_is_refused_and_nothing_moves(st: State, start: JobSt
     with pytest.raises(InvalidTransition), st.stores.db.tx() as tx:
         st.jobs.apply(tx, job_id, event)
     assert st.state(job_id) == start.value
+
+
+def test_census_counts_a_series_without_reading_its_rows(st: State) -> None:
+    """Completion asks the index how many instances a series keeps, how many the models analyse and the
+    first one's class (for `series.not_analysed`): counted in SQL, latest versions only."""
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    for i in range(5):
+        st.add(ref(i), "a")
+    st.add(InstanceRef(mr, f"{SERIES}.mr", SERIES, STUDY, "/spool/mr.dcm", "f" * 64, 10), "a")
+    st.add(ref(2, sha="e" * 64), "a")  # a new version of instance 2 replaces it
+    series_id = st.stores.db.conn.execute("SELECT id FROM series WHERE series_uid=?", (SERIES,)).fetchone()[0]
+    assert st.index.census(series_id, (CT,)) == (6, 5, CT)
+    assert st.index.census(series_id, (mr,)) == (6, 1, CT)
+    assert st.index.census(series_id + 1, (CT,)) == (0, 0, None)

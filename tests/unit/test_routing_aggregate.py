@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from edge_ai.config import Route, RouteMatch
 from edge_ai.dicom.contexts import CR_IMAGE, CT_IMAGE, DX_PRESENTATION, SECONDARY_CAPTURE
 from edge_ai.grouping.routing import RouteDecision, route
-from edge_ai.inference.aggregate import MAX_FINDINGS, ImageInfo, summarize
+from edge_ai.inference.aggregate import MAX_FINDINGS, ImageInfo, Images, conclude, summarize
 from edge_ai.inference.engine import Outputs
 
 ALL = ["results", "pacs"]
@@ -223,3 +223,44 @@ def test_frames_of_one_instance_count_as_images_and_findings_name_their_frame() 
     assert all(f.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2.1" for f in result.findings)
     single = summarize(FakePackage(threshold=0.5), "onnxruntime", images(1), outputs([0.9]))
     assert single.findings[0].frame_number is None  # a single-frame image's finding names the instance alone
+
+
+def _per_image(threshold: float, infos: list[ImageInfo], out: Outputs) -> tuple[float, list[tuple[Any, ...]]]:
+    """The series probability and findings the way the node first computed them: a Python float and a
+    scaled box per image, the positives sorted by probability (stable)."""
+    scores = []
+    for info, prob, box in zip(infos, out.probability, out.box, strict=True):
+        b = np.clip(box.astype(float), 0.0, 1.0)
+        x0, x1 = sorted((b[0] * info.columns, b[2] * info.columns))
+        y0, y1 = sorted((b[1] * info.rows, b[3] * info.rows))
+        scores.append((float(prob), (x0, y0, x1, y1), info))
+    ranked = sorted((s for s in scores if s[0] >= threshold), key=lambda s: -s[0])[:MAX_FINDINGS]
+    return (max((s[0] for s in scores), default=0.0),
+            [(p, box, i.sop_instance_uid, i.sop_class_uid, i.frame_number) for p, box, i in ranked])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conclude_gives_the_per_image_result_without_an_object_per_image(dtype: type) -> None:
+    """The node concludes from the job store's columns (`conclude`, vectorised): the series probability,
+    verdict and findings (order, boxes, frames) computed image by image, with the image count instead of
+    a score per image; also for probabilities on the threshold once in float32, ties and just-under."""
+    rng = np.random.default_rng(7)
+    threshold = float(np.float32(0.4958))  # a float32 probability can equal it exactly
+    for n in (0, 1, 5, 40, 300):
+        probs = rng.random(n).astype(dtype)
+        if n >= 40:
+            probs[[3, 9, 17]] = np.float32(0.4958)  # on the threshold, and tied
+            probs[20] = np.nextafter(np.float32(0.4958), np.float32(0))  # just under it
+        boxes = rng.random((n, 4)).astype(dtype)
+        infos = [ImageInfo(f"1.2.3.{i}", CT_IMAGE if i % 2 else DX_PRESENTATION, 100 + i, 200 - i,
+                           None if i % 3 else i + 1) for i in range(n)]
+        out = Outputs(probs, boxes)
+        columns = Images([i.sop_instance_uid for i in infos], [i.sop_class_uid for i in infos],
+                         [i.rows for i in infos], [i.columns for i in infos], [i.frame_number for i in infos])
+        lean = conclude(FakePackage(threshold=threshold), "onnxruntime", columns, out)
+        probability, findings = _per_image(threshold, infos, out)
+        assert lean.scores == () and lean.images == n
+        assert lean.probability == probability and lean.positive == bool(findings)
+        assert [(f.probability, astuple(f.box), f.sop_instance_uid, f.sop_class_uid, f.frame_number)
+                for f in lean.findings] == findings
+        assert len(summarize(FakePackage(threshold=threshold), "onnxruntime", infos, out).scores) == n
