@@ -201,6 +201,10 @@ class InstanceIndex:
                         "SELECT path, size FROM instances WHERE series_id=? AND path != ''", (series_id,)
                     ).fetchall()
                     db.execute("UPDATE instances SET path='' WHERE series_id=? AND path != ''", (series_id,))
+                    # image records serve only kept files (preprocessing, evidence): ~1 KB each, gone with them;
+                    # the instance rows stay, small, so a resend is known for a duplicate
+                    db.execute("DELETE FROM images WHERE instance_id IN (SELECT id FROM instances WHERE series_id=?)",
+                               (series_id,))
                     # the series can no longer be re-analysed: its images' model outputs go with its files
                     if db.execute("SELECT 1 FROM sqlite_master WHERE name='outputs'").fetchone():
                         db.execute("DELETE FROM outputs WHERE instance_id IN"

@@ -64,6 +64,12 @@ def test_only_delivered_series_past_retention_lose_their_files(st: State) -> Non
     assert (done.series, done.instances) == (1, 3) and done.bytes == sum(s.ref.size for s in stored["delivered"])
     assert not any(Path(s.ref.path).exists() for s in stored["delivered"])
     assert all(Path(s.ref.path).exists() for name in ("failed", "reported") for s in stored[name])
+    # the purged series' image records (~1 KB each) go with its files; the others' stay
+    images = dict(st.stores.db.conn.execute(
+        "SELECT s.series_uid, COUNT(g.instance_id) FROM series s JOIN instances i ON i.series_id=s.id"
+        " LEFT JOIN images g ON g.instance_id=i.id GROUP BY s.id").fetchall())
+    assert images == {group[0].ref.series_instance_uid: 0 if name == "delivered" else 3
+                      for name, group in stored.items()}
     assert [e for e, _ in audit] == ["spool.purged"]
     assert audit[0][1]["series_uid"] == stored["delivered"][0].ref.series_instance_uid
     assert purge(st.index, 7, record, now=time.time() + 9 * DAY_S).series == 0  # once only
