@@ -18,27 +18,44 @@ def encode_evidence(sources: Sequence[Source]) -> bytes:
     endian, defined lengths, UIDs padded with NUL), at a few microseconds per instance instead of the
     datasets highdicom and pydicom would make of each."""
     ordered = sorted(sources, key=lambda s: (int(s.get("InstanceNumber") or 0), str(s.SOPInstanceUID)))
+    first = ordered[0]
+    out = bytearray()
+    sequence = _open(out, struct.pack("<HH2sHL", 0x0040, 0xA375, b"SQ", 0, 0))  # lengths patched on close
+    study = _open(out, struct.pack("<HHL", 0xFFFE, 0xE000, 0))
+    series_sequence = _open(out, struct.pack("<HH2sHL", 0x0008, 0x1115, b"SQ", 0, 0))
+    series = _open(out, struct.pack("<HHL", 0xFFFE, 0xE000, 0))
+    instances = _open(out, struct.pack("<HH2sHL", 0x0008, 0x1199, b"SQ", 0, 0))
     seen: set[str] = set()
-    refs = []
-    for s in ordered:
+    for s in ordered:  # written in place, one item at a time: no list of items, no copy per nesting level
         uid = str(s.SOPInstanceUID)
         if uid not in seen:
             seen.add(uid)
-            refs.append(_item(_ui(0x00081150, str(s.SOPClassUID)) + _ui(0x00081155, uid)))
-    first = ordered[0]
-    series = _item(_sq(0x00081199, b"".join(refs)) + _ui(0x0020000E, str(first.SeriesInstanceUID)))
-    study = _item(_sq(0x00081115, series) + _ui(0x0020000D, str(first.StudyInstanceUID)))
-    return _sq(0x0040A375, study)
+            out += _item(_ui(0x00081150, str(s.SOPClassUID)) + _ui(0x00081155, uid))
+    _close(out, instances)
+    out += _ui(0x0020000E, str(first.SeriesInstanceUID))
+    _close(out, series)
+    _close(out, series_sequence)
+    out += _ui(0x0020000D, str(first.StudyInstanceUID))
+    _close(out, study)
+    _close(out, sequence)
+    return bytes(out)
+
+
+def _open(out: bytearray, header: bytes) -> int:
+    """Append a sequence or item header whose 4-byte length ends it; returns where its content starts."""
+    out += header
+    return len(out)
+
+
+def _close(out: bytearray, start: int) -> None:
+    """Patch the length of the header that ends at `start` with the bytes written since."""
+    out[start - 4:start] = struct.pack("<L", len(out) - start)
 
 
 def _ui(tag: int, value: str) -> bytes:
     raw = value.encode("ascii")
     raw += b"\x00" * (len(raw) % 2)
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, b"UI", len(raw)) + raw
-
-
-def _sq(tag: int, content: bytes) -> bytes:
-    return struct.pack("<HH2sHL", tag >> 16, tag & 0xFFFF, b"SQ", 0, len(content)) + content
 
 
 def _item(content: bytes) -> bytes:
