@@ -13,6 +13,7 @@ from typing import Any
 from edge_ai import __version__
 from edge_ai.config import Config
 from edge_ai.config import load as config_load
+from edge_ai.dicom import scu
 from edge_ai.dicom.scp import StorageSCP
 from edge_ai.domain import JobState
 from edge_ai.errors import ConfigError, ModelError
@@ -437,18 +438,26 @@ class App:
             self.completion.changed.clear()
 
     def _outbox_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                attempted = self.outbox.run_due()
-            except Exception:  # keep delivering whatever happens to one attempt
-                self.log.exception("outbox_error")
-                attempted = 0
-            if attempted:
-                continue
-            next_at = self.stores.deliveries.next_at()
-            wait = 1.0 if next_at is None else max(0.0, min(1.0, next_at - time.time()))
-            self._wake_outbox.wait(wait)
-            self._wake_outbox.clear()
+        associations = self.outbox.associations
+        try:
+            while not self._stop.is_set():
+                try:
+                    attempted = self.outbox.run_due()
+                    associations.close_idle()
+                except Exception:  # keep delivering whatever happens to one attempt
+                    self.log.exception("outbox_error")
+                    attempted = 0
+                if attempted:
+                    continue
+                next_at = self.stores.deliveries.next_at()
+                wait = 1.0 if next_at is None else max(0.0, min(1.0, next_at - time.time()))
+                idle_at = associations.next_idle_at()
+                if idle_at is not None:
+                    wait = max(0.0, min(wait, idle_at + scu.KEEP_OPEN_S - time.monotonic()))
+                self._wake_outbox.wait(wait)
+                self._wake_outbox.clear()
+        finally:
+            associations.close_all()
 
 
 def _configures(path: Path, served: Served) -> bool:

@@ -67,6 +67,7 @@ class Outbox:
         self.audit = audit
         self.log = log
         self.on_delivered = on_delivered
+        self.associations = scu.Associations()  # kept open a moment after each SR (outbox thread only)
 
     def run_due(self) -> int:
         """Attempt every delivery that is due; returns how many were attempted."""
@@ -87,7 +88,7 @@ class Outbox:
                 deliver_to_folder(dest, Path(delivery.path))
                 code = 0
             else:
-                code = scu.send_file(dest, Path(delivery.path), self.calling_ae)
+                code = self.associations.send(dest, Path(delivery.path), self.calling_ae)
         except PermanentError as exc:
             self._dead(delivery, attempt_no, str(exc))
             return

@@ -278,3 +278,97 @@ def test_one_destination_down_does_not_hold_back_another(
     assert pending.destination == "pacs"
     assert s.job_state() == JobState.REPORTED
 
+
+
+# ---- associations kept open between SRs ------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _counting_scp() -> tuple[Any, int, list[str]]:
+    """A pynetdicom Storage SCP recording 'accepted', 'stored' and 'released' in order."""
+    events: list[str] = []
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(COMPREHENSIVE_3D_SR, [ExplicitVRLittleEndian])
+    handlers = [(evt.EVT_ACCEPTED, lambda e: events.append("accepted")),
+                (evt.EVT_C_STORE, lambda e: events.append("stored") or 0x0000),
+                (evt.EVT_RELEASED, lambda e: events.append("released"))]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    return server, int(server.socket.getsockname()[1]), events
+
+
+def _wait_for(events: list[str], count: int, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while events.count(what) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_srs_to_one_destination_share_an_association_until_it_idles(tmp_path: Path) -> None:
+    """Three SRs in a row travel on one association (no set-up per SR); it is released once it has been
+    idle for KEEP_OPEN_S, and the next SR opens a new one."""
+    from edge_ai.dicom import scu
+
+    server, port, events = _counting_scp()
+    clock = Clock()
+    associations = scu.Associations(clock)
+    try:
+        for i in range(3):
+            make_sr(tmp_path / f"sr{i}.dcm")
+            assert associations.send(dicom_dest(port), tmp_path / f"sr{i}.dcm", "EDGE_AI") == 0x0000
+            clock.now += 0.5
+        assert events == ["accepted", "stored", "stored", "stored"]
+        assert associations.close_idle() == 0  # used 0.5 s ago
+        clock.now += scu.KEEP_OPEN_S
+        assert associations.close_idle() == 1
+        _wait_for(events, 1, "released")
+        assert events[-1] == "released"
+        associations.send(dicom_dest(port), tmp_path / "sr0.dcm", "EDGE_AI")
+        assert events.count("accepted") == 2
+    finally:
+        associations.close_all()
+        server.shutdown()
+
+
+def test_an_association_the_destination_dropped_is_replaced_on_the_same_attempt(tmp_path: Path) -> None:
+    """The PACS restarts while the node keeps an association open: the next SR is stored on a new
+    association at once, on the same attempt, with no error for the outbox to retry."""
+    from edge_ai.dicom import scu
+
+    server, port, events = _counting_scp()
+    associations = scu.Associations()
+    make_sr(tmp_path / "a.dcm")
+    make_sr(tmp_path / "b.dcm")
+    try:
+        associations.send(dicom_dest(port), tmp_path / "a.dcm", "EDGE_AI")
+        for held in server.active_associations:  # the PACS goes down: its associations with it
+            held.abort()
+        server.shutdown()
+        server = AE(ae_title="PACS")
+        server.add_supported_context(COMPREHENSIVE_3D_SR, [ExplicitVRLittleEndian])
+        restarted = server.start_server(("127.0.0.1", port), block=False,
+                                        evt_handlers=[(evt.EVT_C_STORE, lambda e: events.append("again") or 0)])
+        try:
+            assert associations.send(dicom_dest(port), tmp_path / "b.dcm", "EDGE_AI") == 0x0000
+            assert events[-1] == "again"
+        finally:
+            restarted.shutdown()
+    finally:
+        associations.close_all()
+
+
+def test_the_outbox_releases_its_associations_when_the_destination_refuses(tmp_path: Path, setup_factory: Any,
+                                                                             storage_scp: Any) -> None:
+    """A refused SR is dead-lettered as before; its association stays usable for the next SR."""
+    port, received = storage_scp(status=0xA900)
+    s = setup_factory([dicom_dest(port)])
+    s.attempt_all()
+    assert s.job_state() == JobState.FAILED and len(received) == 1
+    assert s.outbox.associations.next_idle_at() is not None
+    s.outbox.associations.close_all()
+    assert s.outbox.associations.next_idle_at() is None
