@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import threading
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,34 +36,40 @@ def test_resize_is_unchanged_in_value_with_one_blas_thread() -> None:
     np.testing.assert_allclose(pixels.resize(img, (128, 128)), before, rtol=0, atol=1e-6)
 
 
-def _thread_nice() -> dict[str, int]:
-    """Linux: each thread of this process -> its nice value (field 19 of /proc/self/task/*/stat)."""
+_COUNT_ENGINE_THREADS = """
+import json, sys, threading
+from pathlib import Path
+import onnxruntime  # importing it starts a thread of its own, idle: not counted
+from edge_ai.inference.onnxruntime import OnnxRuntimeEngine
+from edge_ai.inference.package import load_package
+
+def nice():
     out = {}
     for task in Path("/proc/self/task").iterdir():
-        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        out[task.name] = int(fields[16])
+        out[task.name] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
     return out
+
+package = load_package(Path(sys.argv[1]))
+before = set(nice())
+engine = OnnxRuntimeEngine(package)
+after = nice()
+caller = after[str(threading.get_native_id())]
+print(json.dumps({"started": [v for k, v in after.items() if k not in before], "caller": caller}))
+"""
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="per-thread nice values are Linux's")
 def test_onnx_runtime_threads_yield_to_reception() -> None:
     """The threads ONNX Runtime starts for a model run at the worker's lower priority, so inference on
-    an idle core is as fast as before but never takes the CPU from receiving a series."""
-    from edge_ai.inference.onnxruntime import OnnxRuntimeEngine
-    from edge_ai.inference.package import load_package
-
-    import onnxruntime  # noqa: F401  (importing it starts a thread of its own, idle: not counted here)
-
-    package = load_package(Path(__file__).parents[2] / "edge_ai" / "models" / "demo_ct")
-    before = set(_thread_nice())
-    engine = OnnxRuntimeEngine(package)
-    try:
-        started = {tid: nice for tid, nice in _thread_nice().items() if tid not in before}
-        assert started, "ONNX Runtime started no thread of its own"
-        assert set(started.values()) == {BACKGROUND_NICE}
-        assert _thread_nice()[str(threading.get_native_id())] == 0  # the caller keeps its own priority
-    finally:
-        engine.close()
+    an idle core is as fast as before but never takes the CPU from receiving a series. (In a process of
+    its own: no other test's threads start meanwhile.)"""
+    package = Path(__file__).parents[2] / "edge_ai" / "models" / "demo_ct"
+    out = subprocess.run([sys.executable, "-c", _COUNT_ENGINE_THREADS, str(package)], capture_output=True,
+                         text=True, timeout=120, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["started"], "ONNX Runtime started no thread of its own"
+    assert set(seen["started"]) == {BACKGROUND_NICE}
+    assert seen["caller"] == 0  # the thread that loads a model keeps its own priority
 
 
 def test_made_in_background_hands_back_the_result_and_the_error() -> None:
