@@ -73,3 +73,37 @@ def test_gpu_figures_come_from_the_nvml_gauges() -> None:
     assert gpu["util"].text == "42%" and gpu["util"].metric == 'edge_ai_gpu_utilization_ratio{gpu="0"}'
     assert gpu["memory"].text == "2.0 GiB of 8.0 GiB" and gpu["memory"].value == 2 * 1024**3
     assert _gpus(readings.Reading(0.0, {})) == []
+
+
+def test_a_full_days_history_stays_small_and_reads_as_the_registry_did() -> None:
+    """The sampler keeps ~2,200 readings (a day): packed over shared keys they take a few MB (a dict per
+    reading took ~125 MB and grew RSS through the first day), and every value, sum and label split read
+    back from the history is the one the registry gave, series that appear later and vanish included."""
+    import tracemalloc
+
+    series = [(readings.key(f"edge_ai_m{m}_bucket", {"le": str(le), "model": f"m{k}"}), m + le + k)
+              for m in range(10) for le in (0.1, 0.5, 1, 5, 10) for k in range(6)]
+
+    def sample(t: int) -> dict[str, float]:  # a new key string per reading, as `read` makes them
+        values = {"".join(name): t * shift for name, shift in series}
+        if t % 3 == 0:
+            values[readings.key("edge_ai_late_total", {"destination": "pacs"})] = float(t)
+        return values
+
+    tracemalloc.start()
+    history = readings.History(started_at=0.0)
+    for t in range(0, readings.HOUR_S.__int__() * 24 + 3600, int(readings.COARSE_S)):  # one a minute, a day
+        history.add(readings.Reading(float(t), sample(t)))
+    for t in range(0, 3600, int(readings.FINE_S)):
+        history.add(readings.Reading(float(90000 + t), sample(t)))
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(history.coarse) + len(history.fine) > 2100
+    assert held < 12e6, f"a day's history holds {held / 1e6:.1f} MB"
+    for r in (history.fine[-1], history.coarse[0], history.coarse[-7]):
+        expected = readings.Reading(r.t, sample(int(r.t) if r.t < 90000 else int(r.t) - 90000))
+        assert dict(r.values) == dict(expected.values)
+        assert r.total("edge_ai_m3_bucket", model="m2") == expected.total("edge_ai_m3_bucket", model="m2")
+        assert r.by_label("edge_ai_m1_bucket", "le") == expected.by_label("edge_ai_m1_bucket", "le")
+        assert r.get("edge_ai_late_total", destination="pacs") == expected.get("edge_ai_late_total",
+                                                                                destination="pacs")

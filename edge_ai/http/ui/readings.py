@@ -5,6 +5,11 @@ sampler keeps a bounded history (every 5 s for the last hour, every minute for t
 can show what happened over a window the way Prometheus would: the increase of a counter, a histogram's
 quantile over its bucket increases. The process's counters start at zero, so a window longer than the
 node has run is taken from zero ("since start").
+
+The history holds up to 2,200 readings of a few hundred series each: every reading it keeps is packed
+(`Packed`), one float per series over a key table the readings share, ~9 bytes a series instead of a dict
+entry, a key string and a float object (~190 bytes), which made the full history ~125 MB (RSS grew
+~26 MB/hour through a day's soak until it filled) and makes it ~8 MB.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 FINE_S, COARSE_S = 5.0, 60.0
 HOUR_S, DAY_S = 3600.0, 86400.0
@@ -80,17 +87,65 @@ def read(registry: Any, now: float | None = None) -> Reading:
 ZERO = Reading(0.0, {})
 
 
+class Keys:
+    """The series keys the history has seen, each stored once for all its readings (grows with the
+    registry's series, not with time)."""
+
+    def __init__(self) -> None:
+        self.position: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def positions(self, keys: Iterable[str]) -> list[int]:
+        out = []
+        for k in keys:
+            at = self.position.get(k)
+            if at is None:
+                at = self.position[k] = len(self.names)
+                self.names.append(k)
+            out.append(at)
+        return out
+
+
+class Packed(Mapping[str, float]):
+    """A reading's values as arrays over shared `Keys`: a float64 and a presence flag per series."""
+
+    __slots__ = ("_keys", "_present", "_values")
+
+    def __init__(self, keys: Keys, values: Mapping[str, float]) -> None:
+        at = keys.positions(values)
+        self._keys = keys
+        self._values = np.zeros(len(keys.names), dtype=np.float64)
+        self._present = np.zeros(len(keys.names), dtype=bool)
+        self._values[at] = list(values.values())
+        self._present[at] = True
+
+    def __getitem__(self, k: str) -> float:
+        at = self._keys.position.get(k)
+        if at is None or at >= len(self._present) or not self._present[at]:
+            raise KeyError(k)
+        return float(self._values[at])
+
+    def __iter__(self) -> Iterator[str]:
+        names = self._keys.names
+        return (names[i] for i in np.flatnonzero(self._present))
+
+    def __len__(self) -> int:
+        return int(self._present.sum())
+
+
 class History:
-    """Readings every FINE_S for the last hour and every COARSE_S for the last day (bounded)."""
+    """Readings every FINE_S for the last hour and every COARSE_S for the last day (bounded), packed."""
 
     def __init__(self, started_at: float | None = None) -> None:
         self.started_at = time.time() if started_at is None else started_at
         self.fine: deque[Reading] = deque(maxlen=int(HOUR_S / FINE_S) + 24)
         self.coarse: deque[Reading] = deque(maxlen=int(DAY_S / COARSE_S) + 10)
+        self.keys = Keys()
         self._lock = threading.Lock()
 
     def add(self, r: Reading) -> None:
         with self._lock:
+            r = Reading(r.t, Packed(self.keys, r.values))
             self.fine.append(r)
             if not self.coarse or r.t - self.coarse[-1].t >= COARSE_S:
                 self.coarse.append(r)
