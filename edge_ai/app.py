@@ -443,10 +443,13 @@ class App:
             while not self._stop.is_set():
                 try:
                     attempted = self.outbox.run_due()
-                    associations.close_idle()
                 except Exception:  # keep delivering whatever happens to one attempt
                     self.log.exception("outbox_error")
                     attempted = 0
+                try:
+                    associations.close_idle()
+                except Exception:  # a peer gone mid-release: the association is dropped all the same
+                    self.log.exception("outbox_release_error")
                 if attempted:
                     continue
                 next_at = self.stores.deliveries.next_at()

@@ -53,8 +53,9 @@ class Associations:
     After a C-STORE its association stays open for KEEP_OPEN_S: the next SR to the same destination (a
     busy node's next result) skips association set-up, ~7 ms of a DX's time-to-result against Orthanc
     on this machine. One the destination closed or broke meanwhile is replaced by a new one at once, on
-    the same attempt (a C-STORE resent is harmless: the SR's UID is the same). `close_idle` releases the
-    idle ones, `close_all` every one (a reload, shutdown).
+    the same attempt, only when nothing reached it (a status answered, or a timeout, is the attempt's
+    outcome, as on a new association). `close_idle` releases the idle ones, `close_all` every one (at
+    shutdown; after a reload, associations to a changed destination just fall idle).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -71,20 +72,21 @@ class Associations:
         key = (repr(dest), calling_ae, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
         held = self._open.pop(key, None)
         if held is not None:
-            if held[0].is_established:
-                try:
-                    return self._kept(key, held[0], ds)
-                except TransientError:  # closed or broken while idle: a new association below
-                    pass
-            _close(held[0])
+            try:
+                return self._kept(key, held[0], ds)
+            except AssociationGone:  # closed or broken while idle, nothing stored: a new association below
+                _close(held[0])
         return self._kept(key, _associate(dest, ds, calling_ae), ds)
 
     def _kept(self, key: tuple[str, ...], assoc: Association, ds: Dataset) -> int:
-        """C-STORE `ds` on `assoc` and keep it open; one that failed to answer is closed."""
+        """C-STORE `ds` on `assoc`; the association stays open when the destination answered (whatever
+        the status), and is closed when it did not (a timeout: never resent here, the outbox retries)."""
         try:
             code = _store(assoc, ds)
-        except PermanentError:  # the object was refused; the association is fine
+        except (PermanentError, StatusError):  # the destination answered: the association is fine
             self._open[key] = (assoc, self.clock())
+            raise
+        except AssociationGone:
             raise
         except BaseException:
             _close(assoc)
@@ -119,7 +121,7 @@ def _associate(dest: DicomDestination, ds: Dataset, calling_ae: str) -> Associat
     ae = AE(ae_title=dest.calling_ae_title or calling_ae)
     ae.acse_timeout = dest.timeout_s
     ae.dimse_timeout = dest.timeout_s
-    ae.network_timeout = dest.timeout_s
+    ae.network_timeout = max(dest.timeout_s, KEEP_OPEN_S + 1)  # idle between SRs is not a network fault
     ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
     tls_args = (client_tls_context(dest.tls), dest.host) if dest.tls.enabled else None
     try:
@@ -144,19 +146,29 @@ def _store(assoc: Association, ds: Dataset) -> int:
         PermanentError: a failure status a retry cannot change.
     """
     if not assoc.is_established:
-        raise TransientError("association closed by the destination")
+        raise AssociationGone("association closed by the destination")
     try:
         rsp = assoc.send_c_store(ds)
     except (OSError, RuntimeError) as exc:  # pynetdicom: the association went away under the request
-        raise TransientError(f"C-STORE failed: {exc}") from exc
+        raise AssociationGone(f"C-STORE failed: {exc}") from exc
     if not rsp or "Status" not in rsp:
-        raise TransientError("no C-STORE response (timeout or abort)")
+        if assoc.is_aborted or not assoc.is_established:
+            raise AssociationGone("association aborted before the C-STORE response")
+        raise TransientError("no C-STORE response (timeout)")
     code = int(rsp.Status)
     if code == 0x0000 or (code & 0xF000) == 0xB000:
         return code
     if (code >> 8) in _PERMANENT_PREFIXES:
         raise PermanentError(f"destination refused the object: status 0x{code:04X}")
-    raise TransientError(f"destination answered status 0x{code:04X}")
+    raise StatusError(f"destination answered status 0x{code:04X}")
+
+
+class AssociationGone(TransientError):
+    """The association was closed or broken before the destination answered the C-STORE."""
+
+
+class StatusError(TransientError):
+    """The destination answered the C-STORE with a status worth a later retry (0xA7xx, ...)."""
 
 
 def _close(assoc: Association) -> None:

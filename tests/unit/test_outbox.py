@@ -94,6 +94,7 @@ def setup_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for s in made:
+        s.outbox.associations.close_all()
         s.state.close()
 
 
@@ -372,3 +373,32 @@ def test_the_outbox_releases_its_associations_when_the_destination_refuses(tmp_p
     assert s.outbox.associations.next_idle_at() is not None
     s.outbox.associations.close_all()
     assert s.outbox.associations.next_idle_at() is None
+
+
+def test_a_status_answered_on_a_kept_association_is_the_attempts_outcome(tmp_path: Path) -> None:
+    """A PACS short of resources (0xA700) on a kept association: the SR is stored once, not resent on a
+    new association within the attempt; the association stays open for the outbox's later retry."""
+    from edge_ai.dicom import scu
+    from edge_ai.errors import TransientError
+
+    events: list[str] = []
+    answers = iter([0x0000, 0xA700, 0x0000])
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(COMPREHENSIVE_3D_SR, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_ACCEPTED, lambda e: events.append("accepted")),
+        (evt.EVT_C_STORE, lambda e: events.append("stored") or next(answers))])
+    associations = scu.Associations()
+    dest = dicom_dest(int(server.socket.getsockname()[1]))
+    try:
+        for name in ("a", "b", "c"):
+            make_sr(tmp_path / f"{name}.dcm")
+        associations.send(dest, tmp_path / "a.dcm", "EDGE_AI")
+        with pytest.raises(TransientError, match="0xA700"):
+            associations.send(dest, tmp_path / "b.dcm", "EDGE_AI")
+        assert events == ["accepted", "stored", "stored"]
+        associations.send(dest, tmp_path / "b.dcm", "EDGE_AI")  # the retry, on the same association
+        assert events == ["accepted", "stored", "stored", "stored"]
+    finally:
+        associations.close_all()
+        server.shutdown()

@@ -220,3 +220,26 @@ def test_banded_resize_equals_the_whole_weight_matrix(n_in: int, n_out: int) -> 
     img = np.random.default_rng(n_in).random((n_in, n_in + 5), dtype=np.float32)
     whole = pixels._resize_matrix(n_in, n_out) @ img @ pixels._resize_matrix(n_in + 5, n_out + 1).T
     np.testing.assert_allclose(pixels.resize(img, (n_out, n_out + 1)), whole, rtol=0, atol=1e-6)
+
+
+def test_the_table_follows_a_modality_lut_sequence_and_strided_frames() -> None:
+    """A Modality LUT Sequence (not a rescale) and a frame that is a strided view (one frame of a volume,
+    transposed) map through the table to the pixel-by-pixel numbers too."""
+    from pydicom.sequence import Sequence as DicomSequence
+
+    rng = np.random.default_rng(5)
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.LUTData = list(np.sort(rng.integers(0, 60000, 4096)).tolist())
+    lut.ModalityLUTType = "US"
+    ds = Dataset()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.ModalityLUTSequence = DicomSequence([lut])
+    ds.BitsStored, ds.BitsAllocated, ds.PixelRepresentation = 12, 16, 0
+    volume = rng.integers(0, 4096, (2, 1100, 1024)).astype(np.uint16)
+    spec = Preprocessing(window=Window(source="percentile"), resize=(64, 64))
+    frames = (volume[1], volume[0].T, volume[1, ::-1])
+    assert [f.flags.c_contiguous for f in frames] == [True, False, False]
+    for frame in frames:
+        mapped = pixels._through_table(ds, frame, spec, 0)
+        assert mapped is not None and np.array_equal(mapped, _pixel_by_pixel(ds, frame, spec))

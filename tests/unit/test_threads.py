@@ -54,7 +54,8 @@ before = set(nice())
 engine = OnnxRuntimeEngine(package)
 after = nice()
 caller = after[str(threading.get_native_id())]
-print(json.dumps({"started": [v for k, v in after.items() if k not in before], "caller": caller}))
+print(json.dumps({"started": [v for k, v in after.items() if k not in before], "caller": caller,
+                  "process": __import__("os").getpriority(__import__("os").PRIO_PROCESS, 0)}))
 """
 
 
@@ -67,6 +68,8 @@ def test_onnx_runtime_threads_yield_to_reception() -> None:
     out = subprocess.run([sys.executable, "-c", _COUNT_ENGINE_THREADS, str(package)], capture_output=True,
                          text=True, timeout=120, check=True)
     seen = json.loads(out.stdout.strip().splitlines()[-1])
+    if seen["process"] != 0:
+        pytest.skip(f"the tests run at nice {seen['process']}: the worker's priority is relative to 0")
     assert seen["started"], "ONNX Runtime started no thread of its own"
     assert set(seen["started"]) == {BACKGROUND_NICE}
     assert seen["caller"] == 0  # the thread that loads a model keeps its own priority
