@@ -3,8 +3,8 @@
 Every 1.5 s five DX (each its own study and series) and one 30-slice CT, all new UIDs, each series on
 its own association from a caller declared `sends: series`; every SR goes to Orthanc. Every 10 s the
 node's RSS, open files, threads and the size of its SQLite file and WAL are sampled. Growth is the
-least-squares slope of RSS over the samples after warm-up (the first third, at most 3 minutes), in
-MB per hour; the target is under 5. Spool retention is set to 2 minutes, as a full appliance reaches
+least-squares slope of RSS over the samples after warm-up, in MB per hour (target under 5), for two
+warm-ups: 3 minutes, and the first third of the run. Spool retention is set to 2 minutes, as a full appliance reaches
 its steady state, so the disk stays bounded.
 """
 
@@ -124,13 +124,15 @@ def _report(samples: list[dict[str, float]], minutes: float, dx_size: int, ct_si
              f"{s['wal']:.1f}", int(s["sent"]), int(s["delivered"])) for s in samples[::step] + samples[-1:]]
     table(f"Soak: 5 DX {dx_size}x{dx_size} + CT 30 x {ct_size}x{ct_size} every {CYCLE_S} s, {minutes:g} min",
           ("min", "RSS MB", "open files", "threads", "SQLite MB", "WAL MB", "series sent", "SRs in PACS"), rows)
-    warm = min(180.0, samples[-1]["t"] / 3)
-    late = [s for s in samples[:-1] if s["t"] >= warm]
-    if len(late) >= 3:
-        t = np.array([s["t"] for s in late]) / 3600
-        slope = float(np.polyfit(t, np.array([s["rss"] for s in late]), 1)[0])
-        print(f"RSS growth after {warm / 60:.1f} min warm-up: {slope:.1f} MB/hour (target < 5); "
-              f"RSS {late[0]['rss']:.1f} -> {late[-1]['rss']:.1f} MB")
+    # two windows: after the first 3 minutes (models and highdicom loaded), and the last two thirds (the
+    # bounded caches that fill with use, the SQLite page caches and the dashboard's hour of readings, filled)
+    for warm in sorted({min(180.0, samples[-1]["t"] / 3), samples[-1]["t"] / 3}):
+        late = [s for s in samples[:-1] if s["t"] >= warm]
+        if len(late) >= 3:
+            t = np.array([s["t"] for s in late]) / 3600
+            slope = float(np.polyfit(t, np.array([s["rss"] for s in late]), 1)[0])
+            print(f"RSS growth after {warm / 60:.1f} min warm-up: {slope:.1f} MB/hour (target < 5); "
+                  f"RSS {late[0]['rss']:.1f} -> {late[-1]['rss']:.1f} MB")
     last = samples[-1]
     print(f"delivered {int(last['delivered'])} of {int(last['sent'])} series' SRs; send errors: {len(errors)}")
 
