@@ -1,4 +1,4 @@
-"""C-STORE SCU: sends one SR file to a DICOM destination; failures come back as edge_ai errors."""
+"""C-STORE SCU: sends SR files to DICOM destinations; failures come back as edge_ai errors."""
 
 from __future__ import annotations
 
@@ -31,22 +31,6 @@ def client_tls_context(tls: TLS) -> ssl.SSLContext:
 KEEP_OPEN_S = 2.0  # an association stays open this long after its last C-STORE, for the next SR
 
 
-def send_file(dest: DicomDestination, path: Path, calling_ae: str) -> int:
-    """C-STORE one Part-10 file on an association of its own, released after; returns the (success or
-    warning) status.
-
-    Raises:
-        TransientError: connection refused, association rejected or aborted, timeouts, 0xA7xx.
-        PermanentError: the destination answered a failure status a retry cannot change.
-    """
-    ds = pydicom.dcmread(path)
-    assoc = _associate(dest, ds, calling_ae)
-    try:
-        return _store(assoc, ds)
-    finally:
-        _close(assoc)
-
-
 class Associations:
     """Associations to DICOM destinations kept open between C-STOREs, for one thread (the outbox).
 
@@ -63,10 +47,12 @@ class Associations:
         self._open: dict[tuple[str, ...], tuple[Association, float]] = {}
 
     def send(self, dest: DicomDestination, path: Path, calling_ae: str) -> int:
-        """`send_file`, on the destination's open association when it has one.
+        """C-STORE one Part-10 file, on the destination's open association when it has one (else a new
+        one, kept open after); returns the (success or warning) status.
 
         Raises:
-            TransientError, PermanentError: as `send_file`.
+            TransientError: connection refused, association rejected or aborted, timeouts, 0xA7xx.
+            PermanentError: the destination answered a failure status a retry cannot change.
         """
         ds = pydicom.dcmread(path)
         key = (repr(dest), calling_ae, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))

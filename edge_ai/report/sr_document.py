@@ -190,9 +190,17 @@ def _check_header(first: Dataset, series_number: int, instance_number: int) -> N
 _is_image = lru_cache(maxsize=256)(does_iod_have_pixel_data)
 
 
-def _acquisition_equipment(first: Dataset) -> ContributingEquipment:
-    """`ContributingEquipment.for_image_acquisition(first)`, its very arguments and errors, with the
-    image check cached per SOP class (the byte tests hold it to highdicom's)."""
+def _acquisition_equipment(first: Dataset) -> ContributingEquipment | None:
+    """`ContributingEquipment.for_image_acquisition(first)`, its very arguments, with the image check
+    cached per SOP class (the byte tests hold it to highdicom's); None where highdicom raises, as its SR
+    then lists no acquisition equipment (not an image, no Manufacturer, any bad value)."""
+    try:
+        return _described_acquisition(first)
+    except Exception:  # any error: highdicom's SR leaves the item out
+        return None
+
+
+def _described_acquisition(first: Dataset) -> ContributingEquipment:
     if not _is_image(str(first.SOPClassUID)):
         raise ValueError("Dataset does not represent an Image.")
     manufacturer = first.get("Manufacturer")
@@ -219,11 +227,8 @@ def _equipment(p: Prepared, enc: list[str], charset: Any) -> list[Element]:
     image with a Manufacturer), then highdicom itself; both dated `created`, as build_sr always did."""
     stamp = _dicom_time(DT(p.when))
     items = []
-    try:  # exactly what highdicom lists, and skips when it cannot (any error)
-        acquisition = _acquisition_equipment(p.first)
-    except Exception:  # noqa: S110 - highdicom itself leaves the item out on any error
-        pass
-    else:
+    acquisition = _acquisition_equipment(p.first)
+    if acquisition is not None:
         if "ContributionDateTime" in acquisition:
             acquisition.ContributionDateTime = DT(p.when)
         items.append(pydicom_item(acquisition, charset))
