@@ -13,7 +13,6 @@ from typing import Any
 from edge_ai import __version__
 from edge_ai.config import Config
 from edge_ai.config import load as config_load
-from edge_ai.dicom import scu
 from edge_ai.dicom.scp import StorageSCP
 from edge_ai.domain import JobState
 from edge_ai.errors import ConfigError, ModelError
@@ -456,7 +455,7 @@ class App:
                 wait = 1.0 if next_at is None else max(0.0, min(1.0, next_at - time.time()))
                 idle_at = associations.next_idle_at()
                 if idle_at is not None:
-                    wait = max(0.0, min(wait, idle_at + scu.KEEP_OPEN_S - time.monotonic()))
+                    wait = max(0.0, min(wait, idle_at - time.monotonic()))
                 self._wake_outbox.wait(wait)
                 self._wake_outbox.clear()
         finally:

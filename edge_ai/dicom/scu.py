@@ -82,7 +82,7 @@ class Associations:
 
     def next_idle_at(self) -> float | None:
         """When (clock) the first open association falls idle; None when none is open."""
-        return min((used for _, used in self._open.values()), default=None) if self._open else None
+        return min((used + KEEP_OPEN_S for _, used in self._open.values()), default=None)
 
     def close_idle(self) -> int:
         """Release the associations unused for KEEP_OPEN_S; returns how many."""

@@ -325,6 +325,7 @@ def test_srs_to_one_destination_share_an_association_until_it_idles(tmp_path: Pa
             clock.now += 0.5
         assert events == ["accepted", "stored", "stored", "stored"]
         assert associations.close_idle() == 0  # used 0.5 s ago
+        assert associations.next_idle_at() == clock.now - 0.5 + scu.KEEP_OPEN_S
         clock.now += scu.KEEP_OPEN_S
         assert associations.close_idle() == 1
         _wait_for(events, 1, "released")
