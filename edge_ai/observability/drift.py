@@ -14,6 +14,7 @@ one warning per episode; the episode ends (and re-arms) when the score drops bac
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -91,6 +92,32 @@ class _ModelWindow:
         self.score: float | None = None
         self.drifting = False
         self.episodes = 0
+        # running sums of the window (observe runs per image while series arrive: O(bins), not O(window));
+        # summed afresh once per window's worth of images, so rounding never accumulates
+        self._hist_sum = np.zeros(len(self.expected))
+        self._mean_sum = 0.0
+        self._until_resum = window
+
+    def add(self, hist: np.ndarray, mean: float) -> None:
+        if len(self.hists) == self.hists.maxlen:
+            self._hist_sum -= self.hists[0]
+            self._mean_sum -= self.means[0]
+        self.hists.append(hist)
+        self.means.append(mean)
+        self._until_resum -= 1
+        if self._until_resum <= 0:
+            self._hist_sum = np.sum(self.hists, axis=0)
+            self._mean_sum = math.fsum(self.means)
+            self._until_resum = len(self.hists)
+        else:
+            self._hist_sum += hist
+            self._mean_sum += mean
+
+    def mean_histogram(self) -> np.ndarray:
+        return self._hist_sum / len(self.hists)
+
+    def mean_of_means(self) -> float | None:
+        return self._mean_sum / len(self.means) if self.means else None
 
 
 class DriftMonitor:
@@ -148,11 +175,10 @@ class DriftMonitor:
             return
         hist = image_histogram(tensor, mw.edges)
         with self._lock:
-            mw.hists.append(hist)
-            mw.means.append(float(np.mean(tensor)))
+            mw.add(hist, float(np.mean(tensor)))
             if len(mw.hists) < self.window:
                 return
-            mw.score = psi(np.mean(np.stack(list(mw.hists)), axis=0), mw.expected)
+            mw.score = psi(mw.mean_histogram(), mw.expected)
             started = mw.score >= self.threshold and not mw.drifting
             ended = mw.score < self.threshold and mw.drifting
             if started:
@@ -160,7 +186,7 @@ class DriftMonitor:
                 mw.episodes += 1
             elif ended:
                 mw.drifting = False
-            score, window_mean = mw.score, float(np.mean(mw.means))
+            score, window_mean = mw.score, mw.mean_of_means() or 0.0  # the window is full
         if started:
             fields = {
                 "model": model,
@@ -186,7 +212,7 @@ class DriftMonitor:
                     window=self.window,
                     drifting=mw.drifting,
                     episodes=mw.episodes,
-                    mean=float(np.mean(mw.means)) if mw.means else None,
+                    mean=mw.mean_of_means(),
                     reference_mean=mw.reference.mean,
                 )
                 for name, mw in sorted(self._models.items())

@@ -8,6 +8,7 @@ order and header values, decoding and preprocessing) is in `edge_ai.imaging`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
-from pydicom import Dataset
+from pydicom import Dataset, config
+from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import FileMetaDataset
+from pydicom.tag import BaseTag, Tag
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
@@ -54,14 +57,29 @@ def source(kept: Kept, metas: Metas) -> Source:
 
 
 def record_header(image: ImageRecord, metas: Metas) -> Dataset:
-    """A header holding the recorded attributes, converted by pydicom as a read of the file converts them."""
+    """A header holding the recorded attributes, converted by pydicom as a read of the file converts them.
+
+    Made for every image while its series arrives, on the worker's thread, which then holds the GIL
+    that reception needs: so the elements go straight into the data set, without the value checks
+    (ingest parsed these values from the file; a read would only warn) or a dictionary lookup per
+    attribute. The values are converted exactly as `Dataset.add_new` converts them (tested).
+    """
     ds = Dataset()
+    elements = ds._dict  # noqa: SLF001  (pydicom's own store; __setitem__ would check the tag again)
     for keyword, value in image.attrs.items():
-        tag = tag_for_keyword(keyword)
-        if tag is not None:
-            ds.add_new(tag, dictionary_VR(tag), None if value == "" else value)  # empty: None, as a read gives
+        known = _tag_vr(keyword)
+        if known is not None:
+            tag, vr = known
+            elements[tag] = DataElement(tag, vr, None if value == "" else value,  # empty: None, as a read gives
+                                        validation_mode=config.IGNORE)
     ds.file_meta = _meta(image.syntax, metas)
     return ds
+
+
+@functools.cache
+def _tag_vr(keyword: str) -> tuple[BaseTag, str] | None:
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else (Tag(tag), dictionary_VR(tag))
 
 
 def _meta(syntax: str, metas: Metas) -> FileMetaDataset:

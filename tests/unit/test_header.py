@@ -212,6 +212,9 @@ def test_image_record_gives_what_a_full_header_read_gives() -> None:
         header = record_header(record, {})
         for keyword in record.attrs:
             assert header.get(keyword) == full.get(keyword), (path.name, keyword)
+            if keyword in full:  # converted to the same types a read gives (DSfloat, IS, MultiValue, PersonName)
+                assert type(header[keyword].value) is type(full[keyword].value), (path.name, keyword)
+                assert header[keyword].VR == full[keyword].VR, (path.name, keyword)
         if "PixelData" in pydicom.dcmread(path):
             assert record.pixel_offset == offset, path.name
     assert recorded >= 15
