@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydicom
 from pydicom import Dataset, config
-from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
-from pydicom.tag import BaseTag, Tag
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from edge_ai.domain import InstanceRef
@@ -65,7 +65,7 @@ def record_header(image: ImageRecord, metas: Metas) -> Dataset:
     attribute. The values are converted exactly as `Dataset.add_new` converts them (tested).
     """
     ds = Dataset()
-    elements = ds._dict  # noqa: SLF001  (pydicom's own store; __setitem__ would check the tag again)
+    elements = ds._dict  # pydicom's own store: __setitem__ would check the tag again
     for keyword, value in image.attrs.items():
         known = _tag_vr(keyword)
         if known is not None:
