@@ -96,9 +96,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _serve(path: Path | None) -> int:
     from edge_ai.app import App
     from edge_ai.observability import logging as obs_logging
-    from edge_ai.service.memory import return_large_blocks
+    from edge_ai.service.memory import one_arena
 
-    return_large_blocks()  # before any thread: image buffers are returned when freed (service/memory.py)
+    one_arena()  # before any thread: what one thread frees, the next reuses (service/memory.py)
     cfg = _load(path)
     obs_logging.configure()
     app = App(cfg)
