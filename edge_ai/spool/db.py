@@ -33,6 +33,7 @@ class Database:
         self.lock = threading.RLock()
         self._after: list[Callable[[], None]] = []
         self._depth = 0
+        self._readers = threading.local()
 
     def ensure(self, schema: str, columns: dict[str, list[tuple[str, str]]] | None = None) -> None:
         """Create a component's tables, and add `columns` ({table: [(name, declaration)]}) that an older
@@ -88,6 +89,19 @@ class Database:
     def read(self) -> Iterator[sqlite3.Connection]:
         with self.lock:
             yield self.conn
+
+    def glance(self, sql: str, params: tuple[object, ...] = ()) -> tuple[object, ...] | None:
+        """The first row of a read-only query, on the calling thread's own read connection, outside the
+        lock: WAL lets it read the last committed state while another thread writes. For reception's
+        checks that a transaction repeats under the lock anyway (a duplicate instance), so that four
+        associations do not queue behind the worker's and each other's transactions to ask."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:  # one per thread (an association's), closed with it
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=True,
+                                   isolation_level=None, timeout=30)
+            self._readers.conn = conn
+        row = conn.execute(sql, params).fetchone()
+        return None if row is None else tuple(row)
 
     def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[dict[str, object]]:
         """A query's rows as dicts keyed by column name."""

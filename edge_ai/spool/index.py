@@ -97,10 +97,9 @@ class InstanceIndex:
         return Indexed(series_id, False, versions > 0)
 
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:
-        with self.db.read() as db:
-            row = db.execute("SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?",
-                             (sop_instance_uid, sha256)).fetchone()
-        return row is not None
+        """Whether these exact bytes are indexed already (as of the last commit: `add` decides again)."""
+        return self.db.glance("SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?",
+                              (sop_instance_uid, sha256)) is not None
 
     def instance_paths(self) -> set[str]:
         with self.db.read() as db:
