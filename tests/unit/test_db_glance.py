@@ -1,0 +1,45 @@
+"""Reception's read outside the database lock (`Database.glance`): it sees what is committed, never what
+a transaction in progress has written, and it does not wait for the lock another thread holds."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from edge_ai.domain import InstanceRef
+from edge_ai.spool.db import Database
+from edge_ai.spool.index import InstanceIndex
+
+
+def _ref(uid: str) -> InstanceRef:
+    return InstanceRef("1.2.840.10008.5.1.4.1.1.2", uid, "1.2.3.4", "1.2.3", f"/spool/{uid}.dcm", "ab" * 32, 10)
+
+
+def test_duplicate_check_reads_committed_rows_without_the_lock(tmp_path: Path) -> None:
+    db = Database(tmp_path / "spool.sqlite3")
+    index = InstanceIndex(db)
+    with db.tx() as tx:
+        index.add(tx, _ref("1.2.3.4.1"), "CT")
+    assert index.has_instance("1.2.3.4.1", "ab" * 32)
+    assert not index.has_instance("1.2.3.4.1", "cd" * 32)  # same UID, other bytes: not a duplicate
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def writer() -> None:  # holds the lock in an open transaction, as the worker or another association does
+        with db.tx() as tx:
+            index.add(tx, _ref("1.2.3.4.2"), "CT")
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert inside.wait(10)
+    started = time.monotonic()
+    seen_before_commit = index.has_instance("1.2.3.4.2", "ab" * 32)
+    waited = time.monotonic() - started
+    leave.set()
+    thread.join()
+    assert waited < 1  # answered while the writer still held the lock
+    assert not seen_before_commit  # an uncommitted row is not there yet
+    assert index.has_instance("1.2.3.4.2", "ab" * 32)  # and is once committed
