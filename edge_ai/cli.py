@@ -94,11 +94,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(path: Path | None) -> int:
-    from edge_ai.app import App
-    from edge_ai.observability import logging as obs_logging
     from edge_ai.service.memory import one_arena
 
-    one_arena()  # before any thread: what one thread frees, the next reuses (service/memory.py)
+    one_arena()  # before anything can start a thread: what one thread frees, the next reuses (service/memory.py)
+    from edge_ai.app import App
+    from edge_ai.observability import logging as obs_logging
+
     cfg = _load(path)
     obs_logging.configure()
     app = App(cfg)

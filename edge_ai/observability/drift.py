@@ -14,7 +14,6 @@ one warning per episode; the episode ends (and re-arms) when the score drops bac
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -107,7 +106,7 @@ class _ModelWindow:
         self._until_resum -= 1
         if self._until_resum <= 0:
             self._hist_sum = np.sum(self.hists, axis=0)
-            self._mean_sum = math.fsum(self.means)
+            self._mean_sum = float(np.sum(self.means))
             self._until_resum = len(self.hists)
         else:
             self._hist_sum += hist

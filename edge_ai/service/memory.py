@@ -24,12 +24,13 @@ M_ARENA_MAX = -8  # glibc's malloc.h
 
 def one_arena() -> bool:
     """Limit glibc's malloc to one arena for this process; call it before threads start. False where
-    the C library has no mallopt (not glibc) or the operator set MALLOC_ARENA_MAX (their choice wins)."""
-    if "MALLOC_ARENA_MAX" in os.environ:
+    the C library has no mallopt (not glibc) or the operator set the arena count (MALLOC_ARENA_MAX or
+    GLIBC_TUNABLES' glibc.malloc.arena_max: their choice wins)."""
+    if "MALLOC_ARENA_MAX" in os.environ or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-    except (OSError, AttributeError):  # no mallopt: not glibc's allocator
+    except (OSError, AttributeError, TypeError):  # no mallopt: not glibc's allocator (TypeError: Windows)
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

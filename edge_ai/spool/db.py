@@ -11,9 +11,20 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+class _Reader:
+    """A thread's read-only connection (`Database.glance`); a weak reference finds it at close."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, uri: str) -> None:
+        # used by its own thread only; closed from another by Database.close
+        self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
 
 
 class Database:
@@ -34,6 +45,9 @@ class Database:
         self._after: list[Callable[[], None]] = []
         self._depth = 0
         self._readers = threading.local()
+        self._open_readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._ro_uri = f"{path.resolve().as_uri()}?mode=ro"
+        self._closed = False
 
     def ensure(self, schema: str, columns: dict[str, list[tuple[str, str]]] | None = None) -> None:
         """Create a component's tables, and add `columns` ({table: [(name, declaration)]}) that an older
@@ -48,6 +62,9 @@ class Database:
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
+            for reader in list(self._open_readers):  # so the last close can checkpoint and remove the WAL
+                reader.conn.close()
             self.conn.close()
 
     @contextmanager
@@ -95,12 +112,14 @@ class Database:
         lock: WAL lets it read the last committed state while another thread writes. For reception's
         checks that a transaction repeats under the lock anyway (a duplicate instance), so that four
         associations do not queue behind the worker's and each other's transactions to ask."""
-        conn = getattr(self._readers, "conn", None)
-        if conn is None:  # one per thread (an association's), closed with it
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=True,
-                                   isolation_level=None, timeout=30)
-            self._readers.conn = conn
-        row = conn.execute(sql, params).fetchone()
+        reader = getattr(self._readers, "reader", None)
+        if reader is None:  # one per thread (an association's), closed with it
+            if self._closed:
+                raise sqlite3.ProgrammingError("the database is closed")
+            reader = _Reader(self._ro_uri)
+            self._open_readers.add(reader)
+            self._readers.reader = reader
+        row = reader.conn.execute(sql, params).fetchone()
         return None if row is None else tuple(row)
 
     def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[dict[str, object]]:

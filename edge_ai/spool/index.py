@@ -98,8 +98,12 @@ class InstanceIndex:
 
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:
         """Whether these exact bytes are indexed already (as of the last commit: `add` decides again)."""
-        return self.db.glance("SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?",
-                              (sop_instance_uid, sha256)) is not None
+        query = "SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?", (sop_instance_uid, sha256)
+        try:
+            return self.db.glance(*query) is not None
+        except sqlite3.Error:  # no read connection of its own (descriptors exhausted...): the shared one answers
+            with self.db.read() as db:
+                return db.execute(*query).fetchone() is not None
 
     def instance_paths(self) -> set[str]:
         with self.db.read() as db:

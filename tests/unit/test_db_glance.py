@@ -3,9 +3,12 @@ a transaction in progress has written, and it does not wait for the lock another
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from edge_ai.domain import InstanceRef
 from edge_ai.spool.db import Database
@@ -43,3 +46,30 @@ def test_duplicate_check_reads_committed_rows_without_the_lock(tmp_path: Path) -
     assert waited < 1  # answered while the writer still held the lock
     assert not seen_before_commit  # an uncommitted row is not there yet
     assert index.has_instance("1.2.3.4.2", "ab" * 32)  # and is once committed
+
+
+def test_close_closes_the_read_connections(tmp_path: Path) -> None:
+    """Closing the database closes every thread's read connection too: the last close checkpoints and
+    removes the WAL, and nothing reads a closed database."""
+    db = Database(tmp_path / "spool.sqlite3")
+    index = InstanceIndex(db)
+    with db.tx() as tx:
+        index.add(tx, _ref("1.2.3.4.1"), "CT")
+    answers: list[bool] = []
+    ready, leave = threading.Event(), threading.Event()
+
+    def association() -> None:  # still open when the database closes
+        answers.append(index.has_instance("1.2.3.4.1", "ab" * 32))
+        ready.set()
+        leave.wait(10)
+
+    thread = threading.Thread(target=association)
+    thread.start()
+    assert ready.wait(10)
+    assert index.has_instance("1.2.3.4.1", "ab" * 32) and answers == [True]
+    db.close()
+    leave.set()
+    thread.join()
+    assert not (tmp_path / "spool.sqlite3-wal").exists()
+    with pytest.raises(sqlite3.ProgrammingError):
+        db.glance("SELECT 1")

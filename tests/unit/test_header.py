@@ -11,6 +11,7 @@ import pydicom
 import pydicom.data
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from edge_ai import phantoms
@@ -214,6 +215,8 @@ def test_image_record_gives_what_a_full_header_read_gives() -> None:
             assert header.get(keyword) == full.get(keyword), (path.name, keyword)
             if keyword in full:  # converted to the same types a read gives (DSfloat, IS, MultiValue, PersonName)
                 assert type(header[keyword].value) is type(full[keyword].value), (path.name, keyword)
+                if isinstance(full[keyword].value, MultiValue):  # and its items (DSfloat == "1.5" holds too)
+                    assert [type(v) for v in header[keyword].value] == [type(v) for v in full[keyword].value]
                 assert header[keyword].VR == full[keyword].VR, (path.name, keyword)
         if "PixelData" in pydicom.dcmread(path):
             assert record.pixel_offset == offset, path.name
