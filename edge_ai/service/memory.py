@@ -5,9 +5,11 @@ glibc's malloc gives threads arenas of their own, up to eight per core, so that 
 the same moment do not wait on one lock. The node's threads come and go (one per association, per HTTP
 request, the imaging pool) and each arena keeps what its threads freed, for threads that happen to
 use that arena later: RSS grew with the number of images handled. Measured between a 500- and a
-3,000-slice series (bench `stream`, peak RSS over idle): 2.95 KiB per instance with glibc's default,
-1.88 with one arena; DX 2048 inference unchanged (0.043 -> 0.042 s). The node's Python threads
-allocate under the GIL anyway, so the arena lock costs nothing measurable here.
+3,000-slice series (peak RSS over idle sampled every 20 ms, consecutive runs differing only in this
+setting): 2.95 KiB per instance with glibc's default, 1.88 with one arena; `bench stream` read 2.28
+KiB both before and after, within its run-to-run noise. DX 2048 inference unchanged (0.043 -> 0.042
+s). The node's Python threads allocate under the GIL anyway, so the arena lock costs nothing
+measurable here.
 
 (A fixed mmap threshold, which returns every large block, was tried too: 0.4-1.1 KiB per instance,
 but a DX image's buffers, 8-16 MB each, were then mapped afresh per image and its inference went from
