@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS images (
 """
 # the columns of `images` a worker reads with an instance (see `image_of`)
 IMAGE_COLUMNS = "g.syntax, g.pixel_offset, g.attrs"
+# an instance with these exact bytes is indexed: reception's early check and the indexing transaction's
+_SAME_BYTES = "SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?"
 # the latest version of each instance of a series still in the spool (`i`: instances, `s`: series)
 LATEST = ("i.path != '' AND i.version = (SELECT MAX(version) FROM instances j"
           " WHERE j.sop_instance_uid=i.sop_instance_uid)")
@@ -79,8 +81,7 @@ class InstanceIndex:
         )
         series_id = int(tx.execute("SELECT id FROM series WHERE series_uid=?",
                                    (ref.series_instance_uid,)).fetchone()[0])
-        if tx.execute("SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?",
-                      (ref.sop_instance_uid, ref.sha256)).fetchone():
+        if tx.execute(_SAME_BYTES, (ref.sop_instance_uid, ref.sha256)).fetchone():
             return Indexed(series_id, True, False)
         versions = tx.execute("SELECT COALESCE(MAX(version), 0) FROM instances WHERE sop_instance_uid=?",
                               (ref.sop_instance_uid,)).fetchone()[0]
@@ -98,12 +99,12 @@ class InstanceIndex:
 
     def has_instance(self, sop_instance_uid: str, sha256: str) -> bool:
         """Whether these exact bytes are indexed already (as of the last commit: `add` decides again)."""
-        query = "SELECT 1 FROM instances WHERE sop_instance_uid=? AND sha256=?", (sop_instance_uid, sha256)
+        params = (sop_instance_uid, sha256)
         try:
-            return self.db.glance(*query) is not None
+            return self.db.glance(_SAME_BYTES, params) is not None
         except sqlite3.Error:  # no read connection of its own (descriptors exhausted...): the shared one answers
             with self.db.read() as db:
-                return db.execute(*query).fetchone() is not None
+                return db.execute(_SAME_BYTES, params).fetchone() is not None
 
     def instance_paths(self) -> set[str]:
         with self.db.read() as db:
