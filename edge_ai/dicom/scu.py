@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +119,7 @@ def _associate(dest: DicomDestination, ds: Dataset, calling_ae: str) -> Associat
         if assoc.is_rejected:
             raise TransientError("association rejected by the destination")
         raise TransientError("association not established (refused, aborted or timed out)")
+    _watch_reactor(assoc)
     sock = assoc.dul.socket.socket if assoc.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -133,11 +135,18 @@ def _store(assoc: Association, ds: Dataset) -> int:
     """
     if not assoc.is_established:
         raise AssociationGone("association closed by the destination")
+    _pause_reactor(assoc)
+    started = time.monotonic()
     try:
         rsp = assoc.send_c_store(ds)
     except (OSError, RuntimeError) as exc:  # pynetdicom: the association went away under the request
         raise AssociationGone(f"C-STORE failed: {exc}") from exc
     if not rsp or "Status" not in rsp:
+        timeout = assoc.dimse_timeout
+        if timeout is not None and time.monotonic() - started >= timeout:
+            # pynetdicom aborts the association when its DIMSE timeout expires: the request went out, the
+            # destination may hold the object; the outbox's later retry decides, never a resend here
+            raise TransientError("no C-STORE response (timeout)")
         if assoc.is_aborted or not assoc.is_established:
             raise AssociationGone("association aborted before the C-STORE response")
         raise TransientError("no C-STORE response (timeout)")
@@ -147,6 +156,53 @@ def _store(assoc: Association, ds: Dataset) -> int:
     if (code >> 8) in _PERMANENT_PREFIXES:
         raise PermanentError(f"destination refused the object: status 0x{code:04X}")
     raise StatusError(f"destination answered status 0x{code:04X}")
+
+
+class _Checkpoint(threading.Event):
+    """pynetdicom's reactor pause (`Association._reactor_checkpoint`), which also tells when the reactor
+    thread is blocked on it (`parked`)."""
+
+    def __init__(self, running: bool) -> None:
+        super().__init__()
+        self.parked = threading.Event()
+        if running:
+            self.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.is_set():
+            return True
+        self.parked.set()
+        try:
+            return super().wait(timeout)
+        finally:
+            self.parked.clear()
+
+
+def _watch_reactor(assoc: Association) -> None:
+    """Give a new association a reactor pause that `_pause_reactor` can wait on (see there)."""
+    current = getattr(assoc, "_reactor_checkpoint", None)
+    if isinstance(current, threading.Event) and not isinstance(current, _Checkpoint):
+        assoc._reactor_checkpoint = _Checkpoint(current.is_set())
+
+
+def _pause_reactor(assoc: Association) -> None:
+    """Stop pynetdicom's reactor thread before a C-STORE, so that it cannot take the response.
+
+    `send_c_store` pauses the reactor itself but waits only for its `_is_paused` flag, which the reactor
+    raises just before it checks the pause: when that check passed a moment earlier, the reactor goes on
+    to read one message, and on a busy machine that message is the C-STORE response ("Received
+    unexpected C-STORE service message"): the send waits out its DIMSE timeout and the association is
+    aborted. An association kept open between SRs meets it on every send after the first. Here the
+    pause is requested and the reactor seen blocked on it. Private pynetdicom attributes: where a
+    version lacks them, pynetdicom's own pause is all there is.
+    """
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if isinstance(checkpoint, _Checkpoint):
+        checkpoint.clear()
+        checkpoint.parked.wait(_PAUSE_WAIT_S)  # a reactor that has stopped never parks: send_c_store fails
+
+
+_PAUSE_WAIT_S = 1.0
 
 
 class AssociationGone(TransientError):

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from node_state import State
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -374,6 +375,82 @@ def test_the_outbox_releases_its_associations_when_the_destination_refuses(tmp_p
     assert s.outbox.associations.next_idle_at() is not None
     s.outbox.associations.close_all()
     assert s.outbox.associations.next_idle_at() is None
+
+
+def test_a_late_response_on_a_kept_association_is_a_timeout_not_a_resend(tmp_path: Path) -> None:
+    """The PACS answers the second SR after the DIMSE timeout: pynetdicom aborts the association, and the
+    attempt fails as a timeout. The request reached the PACS, so it is not sent again on a new
+    association within the attempt (the outbox's later retry decides)."""
+    from edge_ai.dicom import scu
+    from edge_ai.errors import TransientError
+
+    stored: list[float] = []
+
+    def store(event: Any) -> int:
+        stored.append(time.monotonic())
+        if len(stored) == 2:
+            time.sleep(2.5)  # past the 1 s timeout
+        return 0x0000
+
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(COMPREHENSIVE_3D_SR, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    associations = scu.Associations()
+    dest = dicom_dest(int(server.socket.getsockname()[1])).model_copy(update={"timeout_s": 1})
+    try:
+        for name in ("a", "b"):
+            make_sr(tmp_path / f"{name}.dcm")
+        associations.send(dest, tmp_path / "a.dcm", "EDGE_AI")
+        with pytest.raises(TransientError, match="timeout"):
+            associations.send(dest, tmp_path / "b.dcm", "EDGE_AI")
+        time.sleep(2.0)  # what a resend would have reached by now
+        assert len(stored) == 2
+    finally:
+        associations.close_all()
+        server.shutdown()
+
+
+def test_a_paused_reactor_leaves_the_response_to_the_sender(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before each C-STORE the SCU stops pynetdicom's reactor thread; a message that then arrives (the
+    C-STORE response) stays queued for the sender, even when the reactor was descheduled right after
+    checking its pause (simulated: its thread takes 20 ms to mark itself running again, a delay a busy
+    machine gives at random). pynetdicom's own pause trusts that mark: the reactor then read the response
+    as an "unexpected C-STORE service message", the send waited out its DIMSE timeout and the kept
+    association was aborted (seen once in a full test run)."""
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from edge_ai.dicom import scu
+
+    def paused(self: Association) -> bool:
+        return bool(self.__dict__.get("_paused_flag", False))
+
+    def set_paused(self: Association, value: bool) -> None:
+        if not value and threading.current_thread() is self:
+            time.sleep(0.02)
+        self.__dict__["_paused_flag"] = value
+
+    monkeypatch.setattr(Association, "_is_paused", property(paused, set_paused), raising=False)
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(COMPREHENSIVE_3D_SR, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    make_sr(tmp_path / "sr.dcm")
+    dest = dicom_dest(int(server.socket.getsockname()[1]))
+    assoc = scu._associate(dest, pydicom.dcmread(tmp_path / "sr.dcm"), "EDGE_AI")
+    try:
+        for attempt in range(5):
+            time.sleep(0.005 * attempt)  # the reactor met at different points of its loop
+            scu._pause_reactor(assoc)
+            response = C_STORE()
+            response.MessageIDBeingRespondedTo, response.Status = attempt + 1, 0x0000
+            marker = (1, response)
+            assoc.dimse.msg_queue.put(marker)  # the peer's response, arrived
+            time.sleep(0.05)
+            assert assoc.dimse.get_msg(block=False) is marker, f"the reactor took the message (try {attempt})"
+            assoc._reactor_checkpoint.set()
+    finally:
+        assoc.release()
+        server.shutdown()
 
 
 def test_a_status_answered_on_a_kept_association_is_the_attempts_outcome(tmp_path: Path) -> None:
