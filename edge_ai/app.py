@@ -30,6 +30,7 @@ from edge_ai.observability.metrics import Metrics
 from edge_ai.outbox.deliveries import Delivery
 from edge_ai.outbox.sender import Outbox
 from edge_ai.report.sr import DeviceInfo
+from edge_ai.service import memory
 from edge_ai.service import status as node_status
 from edge_ai.service.inferring import Runner
 from edge_ai.service.model_loading import describe, load_models, load_shadows
@@ -314,6 +315,7 @@ class App:
         last_watchdog = 0.0
         last_snapshot = time.monotonic()
         last_purge = -float("inf")
+        last_trim = time.monotonic()
         while not self._stop.wait(tick):
             self._side_channels()
             if self._reload.is_set():
@@ -331,6 +333,9 @@ class App:
             if now - last_purge >= self._purge_interval():
                 # bounded steps, one per tick while there is more, so the watchdog and SIGTERM are served
                 last_purge = -float("inf") if self._purge() else now
+            if now - last_trim >= memory.TRIM_INTERVAL_S:
+                memory.return_free_memory()
+                last_trim = now
         return self.shutdown()
 
     def _side_channels(self) -> None:
