@@ -169,13 +169,18 @@ class _Checkpoint(threading.Event):
             self.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self.is_set():
-            return True
-        self.parked.set()
-        try:
-            return super().wait(timeout)
-        finally:
-            self.parked.clear()
+        """Until the flag is set (pynetdicom's reactor never passes a timeout). A reactor woken by a
+        `set` whose flag was cleared again before it ran (the next send's pause) parks again: Event.wait
+        alone would return True for that wake-up and let it read the queue during the send."""
+        while not self.is_set():
+            self.parked.set()
+            try:
+                super().wait(timeout)
+            finally:
+                self.parked.clear()
+            if timeout is not None:
+                return self.is_set()
+        return True
 
 
 def _watch_reactor(assoc: Association) -> None:

@@ -89,8 +89,9 @@ print(held, anon_mb() - base)
 def test_freed_blocks_below_live_ones_go_back_to_the_system() -> None:
     """200 MB of blocks freed around the tenth still alive stay resident (the heap only shrinks from its
     top); the node's periodic trim hands them back, leaving about what is alive (20 MB)."""
-    out = subprocess.run([sys.executable, "-c", _HOLES], capture_output=True, text=True, timeout=120, check=True,
+    out = subprocess.run([sys.executable, "-c", _HOLES], capture_output=True, text=True, timeout=120, check=False,
                          env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
     held, after = (float(v) for v in out.stdout.split())
     assert held > 150  # without the trim the freed holes stay resident
     assert after < 40

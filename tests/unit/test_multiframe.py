@@ -211,7 +211,8 @@ def test_memory_does_not_grow_with_frame_count(tmp_path: Path) -> None:
     tracemalloc counts every thread's allocations, and threads other tests left running are not this
     test's."""
     out = subprocess.run([sys.executable, "-c", _PEAKS, str(CT_PACKAGE), str(tmp_path)], capture_output=True,
-                         text=True, timeout=300, check=True)
+                         text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
     small, large = (int(v) for v in out.stdout.split())
     frame = 512 * 512 * 2
     print(f"imaging+inference peak: 50 frames {small / 2**20:.1f} MiB, 400 frames {large / 2**20:.1f} MiB")

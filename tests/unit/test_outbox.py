@@ -438,8 +438,10 @@ def test_a_paused_reactor_leaves_the_response_to_the_sender(tmp_path: Path, monk
     dest = dicom_dest(int(server.socket.getsockname()[1]))
     assoc = scu._associate(dest, pydicom.dcmread(tmp_path / "sr.dcm"), "EDGE_AI")
     try:
-        for attempt in range(5):
-            time.sleep(0.005 * attempt)  # the reactor met at different points of its loop
+        for attempt in range(8):
+            if attempt % 2:
+                time.sleep(0.005 * attempt)  # the reactor met at different points of its loop
+            # else straight after the last send's resume, before the reactor ran again (back-to-back SRs)
             scu._pause_reactor(assoc)
             response = C_STORE()
             response.MessageIDBeingRespondedTo, response.Status = attempt + 1, 0x0000
