@@ -44,8 +44,8 @@ from edge_ai.spool.store import Spool
 
 _STOP_BUDGET_S = 8.0  # SIGTERM -> exit, leaving margin under systemd's 10 s
 _DRAIN_S = 4.0  # of which associations in progress may use this much
-_PURGE_INTERVAL_S = 3600.0
-SWITCH_INTERVAL_S = 0.0005  # spool retention runs at start and then hourly
+_PURGE_INTERVAL_S = 3600.0  # spool retention runs at start and then hourly
+SWITCH_INTERVAL_S = 0.0005  # the GIL's switch interval (App.start)
 
 
 class App:
