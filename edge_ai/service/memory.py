@@ -47,7 +47,7 @@ def return_free_memory() -> bool:
     Under a steady load the memory in use levels off (the soak: malloc's in-use bytes 60-64 MB from the
     12th minute on, no trend) while the heap keeps growing a few MB at a time: each new peak of image
     buffers alive at once (a DX decoding while a CT batch runs) extends it, and small blocks left above
-    the freed buffers keep it from shrinking back, so its free space (12 -> 24 MB over 30 minutes) stays
+    the freed buffers keep it from shrinking back, so its free space (18 -> 24 MB over 30 minutes) stays
     resident. Trimming returns those free pages; they come back, zeroed, when next used. Measured in two
     35-minute soaks side by side: RSS growth after warm-up 8.1 MB/hour with a trim a minute, 21.6 without.
     Takes a few ms per 100 MB of free heap, under the allocator's lock: the node calls it once a minute.
