@@ -158,6 +158,9 @@ def _store(assoc: Association, ds: Dataset) -> int:
     raise StatusError(f"destination answered status 0x{code:04X}")
 
 
+_PAUSE_WAIT_S = 1.0  # the longest a C-STORE waits for pynetdicom's reactor to stop
+
+
 class _Checkpoint(threading.Event):
     """pynetdicom's reactor pause (`Association._reactor_checkpoint`), which also tells when the reactor
     thread is blocked on it (`parked`)."""
@@ -205,9 +208,6 @@ def _pause_reactor(assoc: Association) -> None:
     if isinstance(checkpoint, _Checkpoint):
         checkpoint.clear()
         checkpoint.parked.wait(_PAUSE_WAIT_S)  # a reactor that has stopped never parks: send_c_store fails
-
-
-_PAUSE_WAIT_S = 1.0
 
 
 class AssociationGone(TransientError):

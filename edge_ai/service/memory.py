@@ -1,5 +1,5 @@
 """The node's allocator: one malloc arena for the whole process, so memory a thread frees is memory the
-next thread reuses.
+next thread reuses; and the heap's free pages handed back once a minute (`return_free_memory`).
 
 glibc's malloc gives threads arenas of their own, up to eight per core, so that threads allocating at
 the same moment do not wait on one lock. The node's threads come and go (one per association, per HTTP
@@ -46,7 +46,7 @@ def return_free_memory() -> bool:
 
     Under a steady load the memory in use levels off (the soak: malloc's in-use bytes 60-64 MB from the
     12th minute on, no trend) while the heap keeps growing a few MB at a time: each new peak of image
-    buffers alive at once (a DX decoding while a CT batch runs) extends it, and small blocks left above
+    buffers alive at once extends it, and small blocks left above
     the freed buffers keep it from shrinking back, so its free space (18 -> 24 MB over 30 minutes) stays
     resident. Trimming returns those free pages; they come back, zeroed, when next used. Measured in two
     35-minute soaks side by side: RSS growth after warm-up 8.1 MB/hour with a trim a minute, 21.6 without.
