@@ -208,8 +208,8 @@ for count in (50, 400):
 def test_memory_does_not_grow_with_frame_count(tmp_path: Path) -> None:
     """Analysing 400 frames of 512 x 512 (200 MB decoded) takes no more memory than 50 frames, beyond
     their headers: frames are decoded one at a time, never the volume. Measured in a process of its own:
-    tracemalloc counts every thread's allocations, and threads other tests left running are not this
-    test's."""
+    tracemalloc counts everything its process allocates, on every thread, and in the full suite's
+    process the same code read 4.1 MiB of growth against 1.9 alone."""
     out = subprocess.run([sys.executable, "-c", _PEAKS, str(CT_PACKAGE), str(tmp_path)], capture_output=True,
                          text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
