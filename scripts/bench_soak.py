@@ -38,10 +38,11 @@ def _sample(node: NodeProcess, started: float, sent: int, delivered: int) -> dic
     status = _status(node.proc.pid)
     db = node.root / "var" / "spool" / "queue.sqlite3"
     wal = db.with_name(db.name + "-wal")
-    kib = {k: int(status[k].split()[0]) if k in status else 0 for k in ("RssAnon", "VmSwap")}
-    kib["VmRSS"] = int(status["VmRSS"].split()[0])  # a node that has exited has none: the soak stops there
-    return {"t": time.monotonic() - started, "rss": kib["VmRSS"] / 1024,
-            "anon": (kib["RssAnon"] + kib["VmSwap"]) / 1024,  # the process's own memory, swapped out or not
+    # the process's own memory, swapped out or not
+    anon_kib = sum(int(status[k].split()[0]) for k in ("RssAnon", "VmSwap") if k in status)
+    return {"t": time.monotonic() - started,
+            "rss": int(status["VmRSS"].split()[0]) / 1024,  # a node that has exited has none: the soak stops
+            "anon": anon_kib / 1024,
             "fds": len(os.listdir(f"/proc/{node.proc.pid}/fd")), "threads": int(status["Threads"]),
             "db": db.stat().st_size / 1e6 if db.exists() else 0.0,
             "wal": wal.stat().st_size / 1e6 if wal.exists() else 0.0, "sent": sent, "delivered": delivered}

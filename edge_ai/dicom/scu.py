@@ -142,12 +142,11 @@ def _store(assoc: Association, ds: Dataset) -> int:
     except (OSError, RuntimeError) as exc:  # pynetdicom: the association went away under the request
         raise AssociationGone(f"C-STORE failed: {exc}") from exc
     if not rsp or "Status" not in rsp:
+        # pynetdicom aborts the association when its DIMSE timeout expires: the request went out, the
+        # destination may hold the object; the outbox's later retry decides, never a resend here
         timeout = assoc.dimse_timeout
-        if timeout is not None and time.monotonic() - started >= timeout:
-            # pynetdicom aborts the association when its DIMSE timeout expires: the request went out, the
-            # destination may hold the object; the outbox's later retry decides, never a resend here
-            raise TransientError("no C-STORE response (timeout)")
-        if assoc.is_aborted or not assoc.is_established:
+        timed_out = timeout is not None and time.monotonic() - started >= timeout
+        if not timed_out and (assoc.is_aborted or not assoc.is_established):
             raise AssociationGone("association aborted before the C-STORE response")
         raise TransientError("no C-STORE response (timeout)")
     code = int(rsp.Status)

@@ -20,9 +20,19 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import Any
 
 M_ARENA_MAX = -8  # glibc's malloc.h
 TRIM_INTERVAL_S = 60.0  # how often the node hands freed heap pages back (App.run's loop)
+
+
+def _libc(name: str) -> Any:
+    """A function of the C library the interpreter runs on; None where it has none by that name (not
+    glibc's allocator; TypeError: Windows)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def one_arena() -> bool:
@@ -31,9 +41,8 @@ def one_arena() -> bool:
     GLIBC_TUNABLES' glibc.malloc.arena_max: their choice wins)."""
     if "MALLOC_ARENA_MAX" in os.environ or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-    except (OSError, AttributeError, TypeError):  # no mallopt: not glibc's allocator (TypeError: Windows)
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -46,17 +55,16 @@ def return_free_memory() -> bool:
 
     Under a steady load the memory in use levels off (the soak: malloc's in-use bytes 60-64 MB from the
     12th minute on, no trend) while the heap keeps growing a few MB at a time: each new peak of image
-    buffers alive at once extends it, and small blocks left above
-    the freed buffers keep it from shrinking back, so its free space (18 -> 24 MB over 30 minutes) stays
-    resident. Trimming returns those free pages; they come back, zeroed, when next used. Soaks side by
-    side: RSS at the end 3.8 MB lower with a trim a minute (35 min, two nodes), 5.2 lower (and 7.0 with a
-    trim every 10 s) in a second run of three nodes; the growth after warm-up stays within run-to-run
-    noise (8.1 against 21.6 MB/hour in the first run, 11.6 against 8.8 in the second).
-    Takes a few ms per 100 MB of free heap, under the allocator's lock: the node calls it once a minute.
+    buffers alive at once extends it, and small blocks left above the freed buffers keep it from
+    shrinking back, so its free space (18 -> 24 MB over 30 minutes) stays resident. Trimming returns
+    those free pages; they come back, zeroed, when next used. Soaks side by side: RSS at the end 3.8 MB
+    lower with a trim a minute (35 min, two nodes), 5.2 lower (and 7.0 with a trim every 10 s) in a
+    second run of three nodes; the growth after warm-up stays within run-to-run noise (8.1 against 21.6
+    MB/hour in the first run, 11.6 against 8.8 in the second). Takes a few ms per 100 MB of free heap,
+    under the allocator's lock: the node calls it once a minute.
     False where there is no malloc_trim (not glibc)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, TypeError):
+    trim = _libc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
