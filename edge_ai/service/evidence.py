@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pydicom import Dataset
 
 from edge_ai.domain import InferenceResult
+from edge_ai.errors import PermanentError
 from edge_ai.report.sr import PackageInfo, Source, SourceRef, render_sr
 from edge_ai.service import reading
 from edge_ai.spool.index import Evidence, InstanceIndex, Kept
@@ -43,6 +44,8 @@ def sources(index: InstanceIndex, series_id: int, series_uid: str, sop_classes: 
 
     Raises:
         ImagingError: a file that must be read no longer parses.
+        PermanentError: the instances carry more than one Study Instance UID (an SR covers one series
+            of one study; the sender has to make them agree).
     """
     rows = index.evidence(series_id, sop_classes)
     wanted = [r.instance_id for r in rows if r.study_uid is None or r.sop_instance_uid in finding_uids]
@@ -51,6 +54,10 @@ def sources(index: InstanceIndex, series_id: int, series_uid: str, sop_classes: 
     out: list[Source] = [_header(r, kept.get(r.instance_id), series_uid, metas) for r in rows]
     if not out:
         return out
+    studies = {str(s.StudyInstanceUID) for s in out}
+    if len(studies) > 1:  # no UID in the reason: it reaches logs and the dashboard
+        raise PermanentError(f"the instances of this series carry {len(studies)} different Study Instance UIDs;"
+                             " an SR reports a series of one study")
     first = min(range(len(out)), key=lambda i: (int(out[i].get("InstanceNumber") or 0), str(out[i].SOPInstanceUID)))
     ref = kept.get(rows[first].instance_id) or index.kept([rows[first].instance_id])[0]
     out[first] = reading.read_header(ref.ref)[0]

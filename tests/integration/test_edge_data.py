@@ -193,3 +193,25 @@ def test_same_uid_different_content_is_kept_as_version_and_audited(node_factory:
     assert conflict and conflict[0]["sop_instance_uid"] == ds.SOPInstanceUID
     assert "new version" in conflict[0]["reason"]
     assert len(list((node.root / "var" / "spool" / "instances").rglob("*.dcm"))) == 2
+
+
+def test_a_series_spread_over_two_studies_fails_with_the_reason(data_node: NodeProcess, tmp_path: Path) -> None:
+    """Two instances of one series that a sender gave two Study Instance UIDs are stored (Success); their
+    job fails saying why, not with an internal error, no SR is made, and the node goes on serving."""
+    first = make_file(tmp_path / "a", ExplicitVRLittleEndian, seed=11)
+    ds = pydicom.dcmread(make_file(tmp_path / "b", ExplicitVRLittleEndian, seed=12))
+    series = pydicom.dcmread(first, stop_before_pixels=True)
+    ds.SeriesInstanceUID = series.SeriesInstanceUID
+    assert ds.StudyInstanceUID != series.StudyInstanceUID
+    second = tmp_path / "other-study.dcm"
+    ds.save_as(second, enforce_file_format=True)
+    out = storescu(data_node.port, [first, second])
+    assert out.returncode == 0, out.stderr
+    reason = wait_for(lambda: _job_failed(data_node, series.SeriesInstanceUID), 60)
+    assert reason == ("job failed: the instances of this series carry 2 different Study Instance UIDs;"
+                      " an SR reports a series of one study"), reason or data_node.log()[-3000:]
+    assert _sr_for_series(data_node, series.SeriesInstanceUID) is None
+    after = make_file(tmp_path / "c", ExplicitVRLittleEndian, seed=13)
+    assert storescu(data_node.port, [after]).returncode == 0
+    uid = pydicom.dcmread(after, stop_before_pixels=True).SeriesInstanceUID
+    assert isinstance(wait_for(lambda: _sr_for_series(data_node, uid), 60), pydicom.Dataset)
