@@ -94,10 +94,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(path: Path | None) -> int:
-    from edge_ai.service.memory import hold_image_buffers, one_arena
+    from edge_ai.service.memory import one_arena
 
     one_arena()  # before anything can start a thread: what one thread frees, the next reuses (service/memory.py)
-    hold_image_buffers()  # an image's buffers reused by the next, not faulted in afresh per image
     from edge_ai.app import App
     from edge_ai.observability import logging as obs_logging
 

@@ -1,6 +1,5 @@
 """The node's allocator: one malloc arena for the whole process, so memory a thread frees is memory the
-next thread reuses; image buffers kept in the heap from one image to the next (`hold_image_buffers`);
-and the heap's free pages handed back once a minute (`return_free_memory`).
+next thread reuses; and the heap's free pages handed back once a minute (`return_free_memory`).
 
 glibc's malloc gives threads arenas of their own, up to eight per core, so that threads allocating at
 the same moment do not wait on one lock. The node's threads come and go (one per association, per HTTP
@@ -23,10 +22,7 @@ import ctypes
 import os
 from typing import Any
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
-# glibc's own ceiling for the mmap threshold it raises by itself (64-bit: 32 MiB): a DX image's buffers
-# (8-16 MB) are below it, as they are once a node has freed its first one
-BUFFER_THRESHOLD = 32 << 20
+M_ARENA_MAX = -8  # glibc's malloc.h
 TRIM_INTERVAL_S = 60.0  # how often the node hands freed heap pages back (App.run's loop)
 
 
@@ -45,41 +41,12 @@ def one_arena() -> bool:
     GLIBC_TUNABLES' glibc.malloc.arena_max: their choice wins)."""
     if "MALLOC_ARENA_MAX" in os.environ or "glibc.malloc.arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    return bool(mallopt(M_ARENA_MAX, 1))
-
-
-def hold_image_buffers() -> bool:
-    """Fix glibc's mmap and trim thresholds at BUFFER_THRESHOLD: blocks below it come from the heap, and
-    freeing them does not shrink the heap until that much lies free at its top (`return_free_memory`
-    hands free pages back once a minute). Call it before threads start.
-
-    glibc starts both thresholds at 128 KiB and raises them only when a mapped block is freed (to its
-    size; the trim threshold to twice that). Until a node has freed a large one, an image's buffers
-    (a CT slice's are 1 MB each, several per slice) were mapped afresh or taken back from the heap's top
-    at every image, and each page of them faulted in again, zeroed: preprocessing a CT slice of 512 x 512
-    took 3.7-4.7 ms against 0.8-1.2 ms once the thresholds stood higher (docs/performance.md, fifth
-    round). A node that has seen a DX image gets there by itself; one at a CT-only site never did.
-    False where the C library has no mallopt (not glibc) or the operator set either threshold
-    (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES: their choice wins)."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ) or any(
-            name in tunables for name in ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")):
-        return False
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, BUFFER_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, BUFFER_THRESHOLD))
-
-
-def _mallopt() -> Any:
     mallopt = _libc("mallopt")
-    if mallopt is not None:
-        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        mallopt.restype = ctypes.c_int
-    return mallopt
+    if mallopt is None:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, 1))
 
 
 def return_free_memory() -> bool:
