@@ -197,7 +197,8 @@ def test_same_uid_different_content_is_kept_as_version_and_audited(node_factory:
 
 def test_a_series_spread_over_two_studies_fails_with_the_reason(data_node: NodeProcess, tmp_path: Path) -> None:
     """Two instances of one series that a sender gave two Study Instance UIDs are stored (Success); their
-    job fails saying why, not with an internal error, no SR is made, and the node goes on serving."""
+    job fails saying why, not with an internal error, no SR is made, and the node goes on serving. The
+    instance sent again with the series' study gets the series its SR."""
     first = make_file(tmp_path / "a", ExplicitVRLittleEndian, seed=11)
     ds = pydicom.dcmread(make_file(tmp_path / "b", ExplicitVRLittleEndian, seed=12))
     series = pydicom.dcmread(first, stop_before_pixels=True)
@@ -215,3 +216,9 @@ def test_a_series_spread_over_two_studies_fails_with_the_reason(data_node: NodeP
     assert storescu(data_node.port, [after]).returncode == 0
     uid = pydicom.dcmread(after, stop_before_pixels=True).SeriesInstanceUID
     assert isinstance(wait_for(lambda: _sr_for_series(data_node, uid), 60), pydicom.Dataset)
+    ds.StudyInstanceUID = series.StudyInstanceUID  # the sender corrects the instance and sends it again
+    ds.save_as(second, enforce_file_format=True)
+    assert storescu(data_node.port, [second]).returncode == 0
+    sr = wait_for(lambda: _sr_for_series(data_node, series.SeriesInstanceUID), 60)
+    assert isinstance(sr, pydicom.Dataset), data_node.log()[-3000:]
+    assert sr.StudyInstanceUID == series.StudyInstanceUID
