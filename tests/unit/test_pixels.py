@@ -168,6 +168,11 @@ def test_stack_batches_and_pads() -> None:
     assert padded.shape == (8, 1, 8, 8) and padded[3:].sum() == 0
 
 
+def _looked_up(ds: Dataset, stored: np.ndarray, spec: Preprocessing) -> np.ndarray | None:
+    mapped = pixels._table(ds, stored, spec, 0)
+    return None if mapped is None else mapped[0][mapped[1]]
+
+
 def _pixel_by_pixel(ds: Dataset, stored: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """Steps 2-4 computed on every pixel (what frames below the table size get)."""
     x = pixels.window(pixels.modality_lut(stored, ds), spec.window, ds)
@@ -199,18 +204,23 @@ def test_big_frames_through_the_table_give_the_very_numbers_of_pixel_by_pixel(dt
         spec = Preprocessing(window=Window(source=source, center=50.0, width=300.0,
                                            percentiles=(0.5, 99.7) if case else (1.0, 99.0)),
                              resize=(64, 64), invert_monochrome1=True)
-        mapped = pixels._through_table(ds, stored, spec, 0)
+        mapped = _looked_up(ds, stored, spec)
         assert mapped is not None
         reference = _pixel_by_pixel(ds, stored, spec)
         assert mapped.dtype == reference.dtype == np.float32
         assert np.array_equal(mapped, reference), case
+        # and the node's path, which looks rows up band by band as the resize reads them
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = *stored.shape, 1, 8 * stored.dtype.itemsize
+        ds.PixelRepresentation = int(info.min < 0)
+        tensor = pixels.preprocess_stored(ds, stored, spec)
+        assert np.array_equal(tensor, pixels.resize(reference, (64, 64))[None]), case
 
 
 def test_small_frames_and_wide_types_are_computed_pixel_by_pixel() -> None:
     """A CT slice (512 x 512) or 32-bit values take no table: building one would cost more than it saves."""
     spec = Preprocessing(window=Window(source="percentile"), resize=(64, 64))
-    assert pixels._through_table(Dataset(), np.zeros((512, 512), np.int16), spec, 0) is None
-    assert pixels._through_table(Dataset(), np.zeros((2048, 2048), np.int32), spec, 0) is None
+    assert pixels._table(Dataset(), np.zeros((512, 512), np.int16), spec, 0) is None
+    assert pixels._table(Dataset(), np.zeros((2048, 2048), np.int32), spec, 0) is None
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(2048, 256), (3000, 256), (512, 128), (100, 300), (7, 3)])
@@ -240,6 +250,66 @@ def test_the_table_follows_a_modality_lut_sequence_and_strided_frames() -> None:
     spec = Preprocessing(window=Window(source="percentile"), resize=(64, 64))
     frames = (volume[1], volume[0].T, volume[1, ::-1])
     assert [f.flags.c_contiguous for f in frames] == [True, False, False]
+    ds.SamplesPerPixel = 1
     for frame in frames:
-        mapped = pixels._through_table(ds, frame, spec, 0)
-        assert mapped is not None and np.array_equal(mapped, _pixel_by_pixel(ds, frame, spec))
+        mapped = _looked_up(ds, frame, spec)
+        reference = _pixel_by_pixel(ds, frame, spec)
+        assert mapped is not None and np.array_equal(mapped, reference)
+        ds.Rows, ds.Columns = frame.shape
+        assert np.array_equal(pixels.preprocess_stored(ds, frame, spec), pixels.resize(reference, (64, 64))[None])
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.uint8])
+@pytest.mark.parametrize("source", ["percentile", "fixed", "dataset"])
+def test_slices_computed_in_place_give_the_very_numbers_of_new_arrays(dtype: type, source: str) -> None:
+    """A CT or MR slice goes through steps 2-4 in a buffer the thread reuses: its tensor equals, bit for
+    bit, the one computed with a new array per step, with or without a rescale, for MONOCHROME1 too."""
+    rng = np.random.default_rng(hash((dtype, source)) % 2**32)
+    info = np.iinfo(dtype)
+    for case in range(3):
+        stored = rng.integers(info.min, info.max, (512, 500 + case), dtype=dtype, endpoint=True)
+        ds = Dataset()
+        ds.Rows, ds.Columns, ds.SamplesPerPixel = stored.shape[0], stored.shape[1], 1
+        ds.BitsAllocated = ds.BitsStored = 8 * stored.dtype.itemsize
+        ds.PixelRepresentation = int(info.min < 0)
+        ds.PhotometricInterpretation = "MONOCHROME1" if case == 1 else "MONOCHROME2"
+        if case != 2:  # case 2: no rescale at all (MR)
+            ds.RescaleSlope, ds.RescaleIntercept = (1, -1024) if case == 0 else (0.37, 11.5)
+        if case == 1:
+            ds.WindowCenter, ds.WindowWidth = 40, 400
+        spec = Preprocessing(window=Window(source=source, center=50.0, width=300.0), resize=(128, 128),
+                             mean=0.5, std=0.25, invert_monochrome1=True)
+        x = pixels.resize(_pixel_by_pixel(ds, stored, spec), (128, 128))
+        reference = ((x - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32)[None]
+        assert np.array_equal(pixels.preprocess_stored(ds, stored, spec), reference), case
+
+
+def test_a_slice_already_of_the_models_size_keeps_its_tensor_after_the_next_slice() -> None:
+    """A frame of the model's own size needs no resize: its tensor must not be the reused buffer, or the
+    next slice would overwrite a tensor already waiting in the batch (the normalisation makes a new one)."""
+    spec = Preprocessing(window=Window(source="fixed", center=0.0, width=200.0), resize=(64, 64))
+    ds = Dataset()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated, ds.PixelRepresentation = 64, 64, 1, 16, 1
+    ds.PhotometricInterpretation, ds.RescaleSlope, ds.RescaleIntercept = "MONOCHROME2", 1, 0
+    first = pixels.preprocess_stored(ds, np.full((64, 64), -50, np.int16), spec)
+    kept = first.copy()
+    second = pixels.preprocess_stored(ds, np.full((64, 64), 50, np.int16), spec)
+    assert np.array_equal(first, kept) and not np.array_equal(first, second)
+
+
+def test_threads_preprocessing_at_once_each_get_their_own_slice() -> None:
+    """Every thread has its own buffer: slices preprocessed on several threads at once each come out as
+    they do alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = Preprocessing(window=Window(source="percentile"), resize=(64, 64))
+    ds = Dataset()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated, ds.PixelRepresentation = 256, 256, 1, 16, 1
+    ds.PhotometricInterpretation, ds.RescaleSlope, ds.RescaleIntercept = "MONOCHROME2", 1, -1024
+    rng = np.random.default_rng(9)
+    slices = [rng.integers(0, 3000, (256, 256)).astype(np.int16) for _ in range(8)]
+    alone = [pixels.preprocess_stored(ds, s, spec) for s in slices]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(20):
+            together = list(pool.map(lambda s: pixels.preprocess_stored(ds, s, spec), slices))
+            assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
