@@ -424,7 +424,9 @@ def _percentiles(table: np.ndarray, counts: np.ndarray, percentiles: Sequence[fl
 
 
 _scratch = threading.local()  # per thread: the float32 buffer its frames' steps 2-4 reuse
-_SCRATCH_MAX = 1 << 22  # floats (16 MB) a thread keeps; a frame needing more gets a buffer of its own
+# floats (4 MB) a thread keeps: a CT slice under a table's size, a 2048-wide DX's widest band (2.1 MB);
+# what needs more (a mammogram's bands, a big frame of 32-bit values) gets a buffer of its own
+_SCRATCH_MAX = _TABLE_MIN_PIXELS
 
 
 def _scratch_floats(size: int) -> np.ndarray:
