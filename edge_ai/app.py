@@ -310,6 +310,7 @@ class App:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
         self.start()
+        memory.freeze_startup_objects()
         interval = self.notifier.watchdog_interval_s or 1.0
         tick = min(1.0, interval)
         last_watchdog = 0.0
