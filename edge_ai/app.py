@@ -321,7 +321,8 @@ class App:
             self._side_channels()
             if self._reload.is_set():
                 self._reload.clear()
-                self.reload()
+                if self.reload():
+                    memory.refreeze_after_reload()
                 self._write_status()
             now = time.monotonic()
             if now - last_watchdog >= interval and self._healthy():

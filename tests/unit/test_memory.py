@@ -131,3 +131,42 @@ def test_cycles_left_after_start_are_collected_while_they_are_few() -> None:
     assert frozen > 300_000
     assert full_collections >= 2
     assert tracked < 20_000  # the garbage is gone: the kept 2,000 pairs and little else are tracked
+
+
+
+_RELOAD = """
+import gc, sys, weakref
+from edge_ai.service.memory import freeze_startup_objects, refreeze_after_reload
+
+
+class Layer:
+    pass
+
+
+def model():  # a model's objects refer to one another: a reference cycle once the model is dropped
+    a, b = Layer(), Layer()
+    a.other, b.other = b, a
+    return a
+
+
+served = {"ct": model()}
+old = weakref.ref(served["ct"])
+freeze_startup_objects()
+served["ct"] = model()  # SIGHUP: the new package replaces the old one
+if sys.argv[1] == "refreeze":
+    refreeze_after_reload()
+else:
+    gc.collect()
+print(old() is None, gc.get_freeze_count() > 0)
+"""
+
+
+@pytest.mark.parametrize(("after_reload", "freed"), [("refreeze", "True"), ("collect", "False")])
+def test_models_replaced_by_a_reload_are_freed(after_reload: str, freed: str) -> None:
+    """A reload replaces the models frozen at start; their objects in reference cycles are freed once the
+    node thaws and freezes again (a plain collection never reaches frozen objects: a model's memory kept
+    for each reload), and what is alive after the reload is frozen again."""
+    out = subprocess.run([sys.executable, "-c", _RELOAD, after_reload], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [freed, "True"]
