@@ -18,13 +18,20 @@ from pathlib import Path
 
 
 class _Reader:
-    """A thread's read-only connection (`Database.glance`); a weak reference finds it at close."""
+    """A thread's read-only connection (`Database.glance`); a weak reference finds it at close.
+
+    Closed as its thread ends (the thread's locals go, and this with them): a Python sqlite3 connection
+    sits in a reference cycle with its own statement cache, so unclosed it would keep its file handles
+    and SQLite's page cache until the garbage collector next ran a full collection."""
 
     __slots__ = ("__weakref__", "conn")
 
     def __init__(self, uri: str) -> None:
         # used by its own thread only; closed from another by Database.close
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+
+    def __del__(self) -> None:
+        self.conn.close()  # closing a closed connection does nothing
 
 
 class Database:

@@ -3,6 +3,8 @@ a transaction in progress has written, and it does not wait for the lock another
 
 from __future__ import annotations
 
+import gc
+import os
 import sqlite3
 import threading
 import time
@@ -73,3 +75,36 @@ def test_close_closes_the_read_connections(tmp_path: Path) -> None:
     assert not (tmp_path / "spool.sqlite3-wal").exists()
     with pytest.raises(sqlite3.ProgrammingError):
         db.glance("SELECT 1")
+
+
+
+def test_an_ended_threads_read_connection_is_closed_at_once(tmp_path: Path) -> None:
+    """An association's read connection is closed when its thread ends, not when the garbage collector
+    next comes round (it is off here): its file handles and page cache go with the association."""
+    db = Database(tmp_path / "spool.sqlite3")
+    index = InstanceIndex(db)
+    conns: list[sqlite3.Connection] = []
+
+    def association() -> None:
+        index.has_instance("1.2.3.4.1", "ab" * 32)
+        conns.append(db._readers.reader.conn)  # the connection this thread opened
+
+    def files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.disable()
+    try:
+        thread = threading.Thread(target=association)
+        thread.start()
+        thread.join()
+        opened_by_one = files()
+        for _ in range(5):
+            thread = threading.Thread(target=association)
+            thread.start()
+            thread.join()
+        with pytest.raises(sqlite3.ProgrammingError):
+            conns[0].execute("SELECT 1")  # closed
+        assert files() == opened_by_one  # five more associations, no more files held
+    finally:
+        gc.enable()
+        db.close()
