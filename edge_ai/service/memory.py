@@ -19,6 +19,7 @@ but a DX image's buffers, 8-16 MB each, were then mapped afresh per image and it
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import os
 from typing import Any
@@ -27,9 +28,11 @@ M_ARENA_MAX = -8  # glibc's malloc.h
 TRIM_INTERVAL_S = 60.0  # how often the node hands freed heap pages back (App.run's loop)
 
 
+@functools.cache
 def _libc(name: str) -> Any:
     """A function of the C library the interpreter runs on; None where it has none by that name (not
-    glibc's allocator; TypeError: Windows)."""
+    glibc's allocator; TypeError: Windows). Kept: a ctypes library object is a reference cycle, and the
+    node asks for malloc_trim once a minute."""
     try:
         return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError, TypeError):

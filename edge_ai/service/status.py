@@ -78,7 +78,9 @@ def write(path: Path, content: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".status-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(content, f, indent=1, sort_keys=True)
+            # one line, through json's C encoder: json.dump and an indent take the Python one, whose
+            # nested functions make a reference cycle at every call (every 5 s, for the node's life)
+            f.write(json.dumps(content, sort_keys=True))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import struct
 from pathlib import Path
@@ -221,3 +222,40 @@ def test_image_record_gives_what_a_full_header_read_gives() -> None:
         if "PixelData" in pydicom.dcmread(path):
             assert record.pixel_offset == offset, path.name
     assert recorded >= 15
+
+
+def test_headers_made_from_records_leave_no_reference_cycles() -> None:
+    """The worker makes a header for every image: once dropped it is freed at once, not left for the
+    garbage collector (multi-valued elements such as positions and spacings were cycles), and a value
+    added to a multi-valued element later is still converted as pydicom converts it."""
+    from edge_ai.service.reading import record_header
+    from edge_ai.spool.header import image_record
+
+    root = Path(pydicom.data.__file__).parent / "test_files"
+    records = []
+    for path in sorted(root.rglob("*.dcm")):
+        part10 = path.read_bytes()
+        ts = meta_transfer_syntax(part10)
+        if ts is None or len(part10) < 144:
+            continue
+        start = ingest.dataset_offset(part10)
+        fast = fast_header(memoryview(part10)[start:], ts)
+        record = None if fast is None else image_record(fast, start, ts)
+        if record is not None:
+            records.append(record)
+    multi = 0
+    gc.collect()
+    gc.disable()
+    try:
+        for record in records:
+            header = record_header(record, {})
+            multi += sum(isinstance(e.value, MultiValue) for e in header.values())
+            del header
+        assert gc.collect() == 0  # nothing was left in a cycle
+    finally:
+        gc.enable()
+    assert multi >= 20  # the files do hold multi-valued elements
+    header = record_header(next(r for r in records if "ImagePositionPatient" in r.attrs), {})
+    header.ImagePositionPatient.append("1.25")
+    assert type(header.ImagePositionPatient[-1]) is type(header.ImagePositionPatient[0])
+    assert header.ImagePositionPatient[-1] == 1.25

@@ -4,11 +4,14 @@ fresh memory. Each case runs in a process of its own (the setting is process-wid
 
 from __future__ import annotations
 
+import gc
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from edge_ai.service.memory import return_free_memory
 
 _SCRIPT = """
 import sys, threading
@@ -170,3 +173,17 @@ def test_models_replaced_by_a_reload_are_freed(after_reload: str, freed: str) ->
                          timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [freed, "True"]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_the_trim_a_minute_leaves_nothing_for_the_collector() -> None:
+    """The node trims its heap once a minute for its whole life: each call frees what it made at once."""
+    assert return_free_memory()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            assert return_free_memory()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

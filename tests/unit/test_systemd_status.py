@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -49,3 +50,19 @@ def test_stale_snapshot_says_node_not_running() -> None:
     data = _snap()
     assert "not running" in status.render_models(data, now=float(data["time"]) + 60)[0]  # type: ignore[arg-type]
     assert status.read(Path("/nonexistent/status.json")) is None
+
+
+def test_the_snapshot_written_every_few_seconds_leaves_nothing_for_the_collector(tmp_path: Path) -> None:
+    """The node writes its snapshot every 5 s for its whole life: what a write makes is freed at once,
+    and the file still reads back."""
+    path = tmp_path / status.FILENAME
+    status.write(path, _snap())
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            status.write(path, _snap())
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert status.read(path) is not None
