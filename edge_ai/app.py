@@ -57,6 +57,7 @@ class App:
         self._wake_worker = threading.Event()
         self._wake_outbox = threading.Event()
         self._reload = threading.Event()
+        self._refreeze = threading.Event()  # a reload replaced the models: the worker thaws and freezes again
         root = cfg.storage.root
         root.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics(lambda: self.stores.jobs.counts(), root, lambda: self.drift.scores(),
@@ -321,8 +322,9 @@ class App:
             self._side_channels()
             if self._reload.is_set():
                 self._reload.clear()
-                if self.reload():
-                    memory.refreeze_after_reload()
+                if self.reload():  # the worker thaws and freezes again once it has let go of the old models
+                    self._refreeze.set()
+                    self._wake_worker.set()
                 self._write_status()
             now = time.monotonic()
             if now - last_watchdog >= interval and self._healthy():
@@ -413,7 +415,13 @@ class App:
     def _worker_loop(self) -> None:
         """Complete series first (their result is awaited), else infer images of series still arriving."""
         yield_to_reception()
+        pipeline = self.pipeline
         while not self._stop.is_set():
+            if self._refreeze.is_set():
+                self._refreeze.clear()
+                del pipeline  # the one a reload replaced: nothing else holds it now
+                frozen, unreachable = memory.refreeze_after_reload()
+                self.log.info("memory_refrozen", frozen=frozen, unreachable=unreachable)
             pipeline = self.pipeline  # a reload swaps it; this job finishes on the one it started with
             job = self.stores.jobs.claim_ready()
             if job is not None:

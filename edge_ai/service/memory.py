@@ -95,10 +95,15 @@ def freeze_startup_objects() -> int:
 
 
 
-def refreeze_after_reload() -> int:
-    """After a reload (SIGHUP) has replaced the models: thaw everything frozen at start, so that the
-    replaced models' objects that sit in reference cycles can be collected with the rest of what is no
-    longer reachable, then freeze what is alive now (the new models among it); returns how many. One full
-    collection over the node's ~400,000 objects: a few hundred ms holding the GIL, once per reload."""
+def refreeze_after_reload() -> tuple[int, int]:
+    """After a reload (SIGHUP) has replaced the models, called once nothing holds the old ones (the worker
+    between jobs): thaw everything frozen at start, so that the replaced models' objects that sit in
+    reference cycles are collected with the rest of what is no longer reachable, then freeze what is alive
+    now (the new models among it). Returns (objects frozen now, unreachable objects found). Two full
+    collections over the node's ~400,000 objects: a few hundred ms holding the GIL, once per reload;
+    what reception holds at that moment stays frozen until the next reload."""
     gc.unfreeze()
-    return freeze_startup_objects()
+    unreachable = gc.collect()
+    gc.freeze()
+    gc.collect()  # as in freeze_startup_objects: the next full collection counts from ~0
+    return gc.get_freeze_count(), unreachable

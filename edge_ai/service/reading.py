@@ -86,7 +86,8 @@ def _uncycled(element: DataElement) -> None:
     found (~9,000 elements and ~40,000 numbers a minute in the soak). The MultiValue converts with a
     kept element of the same tag and VR instead: the same conversion, no cycle, freed with the header."""
     values = element.value
-    if isinstance(values, MultiValue) and getattr(values._constructor, "__self__", None) is element:
+    # (a pydicom that renamed the attribute keeps its cycle rather than failing the image)
+    if isinstance(values, MultiValue) and getattr(getattr(values, "_constructor", None), "__self__", None) is element:
         values._constructor = _converter(element.tag, element.VR)
 
 

@@ -31,7 +31,9 @@ class _Reader:
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
 
     def __del__(self) -> None:
-        self.conn.close()  # closing a closed connection does nothing
+        conn = getattr(self, "conn", None)  # None: the connect itself failed
+        if conn is not None:
+            conn.close()  # closing a closed connection does nothing
 
 
 class Database:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,6 +62,10 @@ def test_sighup_switches_models_and_refuses_a_bad_config(node_factory: Any, tmp_
     assert node.proc is not None
     os.kill(node.proc.pid, signal.SIGHUP)
     assert wait_for(lambda: any(e["event"] == "config.loaded" and e.get("reload") for e in node.audit_events()), 15)
+    # the worker thawed what was frozen at start (the replaced model among it) and froze what is alive now
+    assert wait_for(lambda: "memory_refrozen" in node.log(), 15), node.log()
+    refrozen = json.loads(next(line for line in node.log().splitlines() if "memory_refrozen" in line))
+    assert refrozen["frozen"] > 10_000
     ds = pydicom.dcmread(_dx(tmp_path, 2))
     assert assoc.send_c_store(ds).Status == 0x0000
     assoc.release()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_ai.domain import InstanceRef
-from edge_ai.spool.db import Database
+from edge_ai.spool.db import Database, _Reader
 from edge_ai.spool.index import InstanceIndex
 
 
@@ -108,3 +109,17 @@ def test_an_ended_threads_read_connection_is_closed_at_once(tmp_path: Path) -> N
     finally:
         gc.enable()
         db.close()
+
+
+def test_a_read_connection_that_could_not_open_goes_quietly(tmp_path: Path) -> None:
+    """A glance whose connection cannot be opened raises SQLite's error to its caller, and nothing else
+    (no second error from the half-made reader as it goes)."""
+    unraisable: list[object] = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            _Reader(f"{(tmp_path / 'absent.sqlite3').as_uri()}?mode=ro")
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
+
+from cycles import cyclic_garbage
 
 from edge_ai.observability.drift import DriftState
 from edge_ai.service import status
@@ -57,12 +58,10 @@ def test_the_snapshot_written_every_few_seconds_leaves_nothing_for_the_collector
     and the file still reads back."""
     path = tmp_path / status.FILENAME
     status.write(path, _snap())
-    gc.collect()
-    gc.disable()
-    try:
+
+    def writes() -> None:
         for _ in range(3):
             status.write(path, _snap())
-        assert gc.collect() == 0
-    finally:
-        gc.enable()
+
+    assert cyclic_garbage(writes, "json") == []
     assert status.read(path) is not None
