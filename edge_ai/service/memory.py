@@ -94,7 +94,6 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
-
 def refreeze_after_reload() -> tuple[int, int]:
     """After a reload (SIGHUP) has replaced the models, called once nothing holds the old ones (the worker
     between jobs): thaw everything frozen at start, so that the replaced models' objects that sit in

@@ -86,8 +86,10 @@ def _uncycled(element: DataElement) -> None:
     found (~9,000 elements and ~40,000 numbers a minute in the soak). The MultiValue converts with a
     kept element of the same tag and VR instead: the same conversion, no cycle, freed with the header."""
     values = element.value
-    # (a pydicom that renamed the attribute keeps its cycle rather than failing the image)
-    if isinstance(values, MultiValue) and getattr(getattr(values, "_constructor", None), "__self__", None) is element:
+    if not isinstance(values, MultiValue):
+        return
+    constructor = getattr(values, "_constructor", None)  # pydicom 3.0's; renamed, the cycle stays, nothing fails
+    if getattr(constructor, "__self__", None) is element:
         values._constructor = _converter(element.tag, element.VR)
 
 
