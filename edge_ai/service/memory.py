@@ -87,6 +87,10 @@ def freeze_startup_objects() -> int:
     pymalloc arenas that the objects surviving beside them kept resident after the collection: RSS rose
     with each collection (soak, sixth round)."""
     gc.collect()
+    return _freeze()
+
+
+def _freeze() -> int:
     gc.freeze()
     # a full collection now, with everything frozen, makes the count CPython compares against ~0 (freeze
     # alone leaves it at the last full collection's ~380,000 survivors: none would come for hours)
@@ -103,6 +107,4 @@ def refreeze_after_reload() -> tuple[int, int]:
     what reception holds at that moment stays frozen until the next reload."""
     gc.unfreeze()
     unreachable = gc.collect()
-    gc.freeze()
-    gc.collect()  # as in freeze_startup_objects: the next full collection counts from ~0
-    return gc.get_freeze_count(), unreachable
+    return _freeze(), unreachable

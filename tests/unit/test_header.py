@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pydicom.sequence import Sequence
 
 from edge_ai import phantoms
 from edge_ai.spool import ingest
-from edge_ai.spool.header import cut_short, fast_header, meta_transfer_syntax
+from edge_ai.spool.header import ImageRecord, cut_short, fast_header, image_record, meta_transfer_syntax
 
 KEYS = ingest._HEADER_TAGS + ingest._GEOMETRY_TAGS
 IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
@@ -189,14 +190,10 @@ def test_a_hostile_data_set_of_empty_elements_is_judged_in_bounded_time() -> Non
     assert time.monotonic() - started < 5
 
 
-def test_image_record_gives_what_a_full_header_read_gives() -> None:
-    """What ingest records for the worker (instance number, position, rescale, window, pixel module, where
-    Pixel Data starts) equals pydicom's reading of the file, on every bundled pydicom test file it takes."""
-    from edge_ai.service.reading import record_header
-    from edge_ai.spool.header import image_record
-
+def _bundled_records() -> Iterator[tuple[Path, ImageRecord]]:
+    """What ingest records from each bundled pydicom test file it takes (a Part 10 file whose header its
+    own reader parses), with the file."""
     root = Path(pydicom.data.__file__).parent / "test_files"
-    recorded = 0
     for path in sorted(root.rglob("*.dcm")):
         part10 = path.read_bytes()
         ts = meta_transfer_syntax(part10)
@@ -205,8 +202,17 @@ def test_image_record_gives_what_a_full_header_read_gives() -> None:
         start = ingest.dataset_offset(part10)
         fast = fast_header(memoryview(part10)[start:], ts)
         record = None if fast is None else image_record(fast, start, ts)
-        if record is None:
-            continue
+        if record is not None:
+            yield path, record
+
+
+def test_image_record_gives_what_a_full_header_read_gives() -> None:
+    """What ingest records for the worker (instance number, position, rescale, window, pixel module, where
+    Pixel Data starts) equals pydicom's reading of the file, on every bundled pydicom test file it takes."""
+    from edge_ai.service.reading import record_header
+
+    recorded = 0
+    for path, record in _bundled_records():
         recorded += 1
         with path.open("rb") as fp:
             full = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -229,20 +235,8 @@ def test_headers_made_from_records_leave_no_reference_cycles() -> None:
     garbage collector (multi-valued elements such as positions and spacings were cycles), and a value
     added to a multi-valued element later is still converted as pydicom converts it."""
     from edge_ai.service.reading import record_header
-    from edge_ai.spool.header import image_record
 
-    root = Path(pydicom.data.__file__).parent / "test_files"
-    records = []
-    for path in sorted(root.rglob("*.dcm")):
-        part10 = path.read_bytes()
-        ts = meta_transfer_syntax(part10)
-        if ts is None or len(part10) < 144:
-            continue
-        start = ingest.dataset_offset(part10)
-        fast = fast_header(memoryview(part10)[start:], ts)
-        record = None if fast is None else image_record(fast, start, ts)
-        if record is not None:
-            records.append(record)
+    records = [record for _, record in _bundled_records()]
     multi = 0
 
     def headers() -> None:
